@@ -1,0 +1,196 @@
+"""The beacon adapter: a beacon embedding plus per-layer beacon projections.
+
+``attach`` wraps the model's q/k/v/o projections in :class:`RoutedLinear` so beacon rows go
+through the beacon copies and raw rows through the model's own weights; ``detach`` puts the
+original modules back, so the model is restored bit for bit. Adapters are saved as a
+directory with ``adapter_config.json`` and ``adapter.safetensors`` (beacon weights only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from longctx import compat
+from longctx.beacon.config import BeaconConfig
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+FORMAT = "longctx-beacon/1"
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot serve this model, or a damaged adapter file."""
+
+
+class Router:
+    """Which rows of the current forward are beacons; shared by all routed projections."""
+
+    def __init__(self) -> None:
+        self.rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (raw_idx, beacon_idx), flat
+
+    def set(self, raw_idx: torch.Tensor | None, beacon_idx: torch.Tensor | None) -> None:
+        self.rows = None if beacon_idx is None or beacon_idx.numel() == 0 else (raw_idx, beacon_idx)
+
+
+class RoutedLinear(nn.Module):
+    """``base`` on raw rows, ``beacon`` on beacon rows; each runs only on its own rows."""
+
+    def __init__(self, base: nn.Module, beacon: nn.Linear, router: Router):
+        super().__init__()
+        self.base = base
+        self.beacon = beacon
+        self.router = router
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.router.rows
+        if rows is None:
+            return self.base(x)
+        raw, bcn = rows
+        flat = x.reshape(-1, x.shape[-1])
+        out = flat.new_empty(flat.shape[0], self.beacon.out_features)
+        if raw.numel():
+            out.index_copy_(0, raw, self.base(flat.index_select(0, raw)).to(out.dtype))
+        b = self.beacon(flat.index_select(0, bcn).to(self.beacon.weight.dtype))
+        out.index_copy_(0, bcn, b.to(out.dtype))
+        return out.view(*x.shape[:-1], -1)
+
+
+def _copy_linear(base: nn.Module, dtype: torch.dtype | None) -> nn.Linear:
+    weight = base.weight
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=getattr(base, "bias", None) is not None)
+    layer = layer.to(device=weight.device, dtype=dtype or weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if layer.bias is not None:
+            layer.bias.copy_(base.bias)
+    return layer
+
+
+class BeaconAdapter(nn.Module):
+    """Beacon embedding ``[1, hidden]`` and, per layer, beacon copies of chosen projections."""
+
+    def __init__(self, config: BeaconConfig, signature: dict[str, Any], embed: torch.Tensor, layers: list[dict[str, nn.Linear]]):
+        super().__init__()
+        self.config = config
+        self.signature = dict(signature)
+        self.embed = nn.Parameter(embed)
+        self.layers = nn.ModuleList(nn.ModuleDict(d) for d in layers)
+        self._attached: list[tuple[nn.Module, str, nn.Module]] = []
+        self.router = Router()
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def from_model(cls, model: nn.Module, config: BeaconConfig, dtype: torch.dtype | None = None) -> BeaconAdapter:
+        """Copy-initialise: beacon projections copy the model's, the embedding copies EOS/BOS."""
+        emb = compat.embed_tokens(model).weight
+        cfg = compat.text_config(model)
+        token = cfg.eos_token_id if config.embed_init == "eos" else cfg.bos_token_id
+        if isinstance(token, (list, tuple)):
+            token = token[0]
+        if token is None:
+            raise AdapterError(f"the model config has no {config.embed_init}_token_id to initialise the beacon embedding")
+        embed = emb[token : token + 1].detach().clone().to(dtype or emb.dtype)
+        layers = []
+        for attn in compat.attention_modules(model):
+            layers.append({p: _copy_linear(getattr(attn, compat.PROJ_NAMES[p]), dtype) for p in config.projections})
+        return cls(config, compat.model_signature(model), embed, layers)
+
+    # ------------------------------------------------------------------ attach / detach
+    @property
+    def attached(self) -> bool:
+        return bool(self._attached)
+
+    def attach(self, model: nn.Module) -> None:
+        """Route the model's projections through the beacon copies (weights untouched)."""
+        if self.attached:
+            raise RuntimeError("adapter is already attached; detach it first")
+        self.check(model)
+        for attn, projs in zip(compat.attention_modules(model), self.layers):
+            for p, beacon in projs.items():
+                name = compat.PROJ_NAMES[p]
+                base = getattr(attn, name)
+                if isinstance(base, RoutedLinear):
+                    raise RuntimeError("the model already carries a beacon adapter")
+                setattr(attn, name, RoutedLinear(base, beacon, self.router))
+                self._attached.append((attn, name, base))
+
+    def detach(self) -> None:
+        """Put the original projection modules back."""
+        for attn, name, base in self._attached:
+            setattr(attn, name, base)
+        self._attached = []
+        self.router.set(None, None)
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse a model whose shape differs from the one this adapter was made for."""
+        theirs = compat.model_signature(model)
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim"):
+            if self.signature.get(key) != theirs.get(key):
+                raise AdapterError(
+                    f"adapter was made for a model with {key}={self.signature.get(key)}, "
+                    f"but this model has {key}={theirs.get(key)}"
+                )
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, directory: str | Path) -> Path:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+        meta = {"format": FORMAT, "beacon": self.config.to_dict(), "base_model": self.signature}
+        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, source: str | Path, model: nn.Module, dtype: torch.dtype | None = None) -> BeaconAdapter:
+        """Load from a local directory or a hub id (safetensors only) and check it fits ``model``."""
+        directory = _resolve(source)
+        try:
+            meta = json.loads((directory / CONFIG_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise AdapterError(f"cannot read {directory / CONFIG_FILE}: {e}") from e
+        if meta.get("format") != FORMAT:
+            raise AdapterError(f"{directory} is not a longctx beacon adapter (format {meta.get('format')!r})")
+        config = BeaconConfig.from_dict(meta["beacon"])
+        try:
+            tensors = load_file(str(directory / WEIGHTS_FILE))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise AdapterError(f"cannot read adapter weights {directory / WEIGHTS_FILE}: {e}") from e
+        adapter = cls.from_model(model, config, dtype=dtype)
+        adapter.signature = dict(meta["base_model"])
+        adapter.check(model)
+        expected = adapter.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise AdapterError(f"adapter weights do not match its config: missing {missing[:5]}, unexpected {extra[:5]}")
+        for k, v in tensors.items():
+            if v.shape != expected[k].shape:
+                raise AdapterError(f"adapter tensor {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+            if not torch.isfinite(v).all():
+                raise AdapterError(f"adapter tensor {k} holds non-finite values")
+        with torch.no_grad():
+            for k, p in adapter.state_dict().items():
+                p.copy_(tensors[k])
+        return adapter
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _resolve(source: str | Path) -> Path:
+    path = Path(source)
+    if path.exists():
+        return path
+    if str(source).count("/") == 1 and not str(source).startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
+    raise AdapterError(f"no adapter at {source}: not a directory and not a hub id")

@@ -1,0 +1,113 @@
+"""BeaconConfig: the validated settings of an Activation Beacon adapter (SPEC 2.1-2.3)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PLACEMENTS = ("interleave", "append")
+SCHEMES = ("full-coverage", "step-expansion", "segmentation")
+MIXES = ("fixed", "step-random", "instance-random", "sequence")
+PROJECTIONS = ("q", "k", "v", "o")
+EMBED_INITS = ("eos", "bos")
+_ADAPT = re.compile(r"^adapt-(\d+)$")
+
+
+class BeaconConfigError(ValueError):
+    """A bad beacon setting; the message names the field."""
+
+
+@dataclass
+class BeaconConfig:
+    """Settings of a beacon adapter.
+
+    window: raw tokens per window (``beacon_window``); the stride equals it.
+    ratios: candidate compression ratios; ``0`` keeps a window uncompressed.
+    ratio_mix: ``fixed`` (first ratio), ``step-random`` (per window), ``instance-random``
+        (per sequence), ``sequence`` (cycle per window) or ``adapt-K`` (per sequence,
+        smallest ratio whose compressed length fits the model's positions with K to spare).
+    placement: ``interleave`` (a beacon after every ``a`` raw tokens) or ``append``
+        (``window/a`` beacons after each full window).
+    scheme: attention of beacons: ``full-coverage``, ``step-expansion`` or ``segmentation``.
+    projections: which of q, k, v, o get beacon copies.
+    embed_init: token whose embedding initialises the beacon embedding (eos or bos).
+    sink: first tokens of the input kept ahead of the memory.
+    attend_prev: in step-expansion/segmentation, whether a beacon sees earlier beacons of
+        its window (also sets its position in append mode, SPEC 2.2).
+    seed: seed of random ratio draws.
+    """
+
+    window: int = 1024
+    ratios: list[int] = field(default_factory=lambda: [8])
+    ratio_mix: str = "fixed"
+    placement: str = "interleave"
+    scheme: str = "full-coverage"
+    projections: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
+    embed_init: str = "eos"
+    sink: int = 0
+    attend_prev: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.ratios = [int(r) for r in self.ratios]
+        self.projections = list(self.projections)
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name: str, msg: str) -> BeaconConfigError:
+            return BeaconConfigError(f"BeaconConfig.{name}: {msg}")
+
+        if not isinstance(self.window, int) or self.window < 1:
+            raise bad("window", f"must be a positive integer, got {self.window!r}")
+        if not self.ratios:
+            raise bad("ratios", "needs at least one ratio")
+        for r in self.ratios:
+            if r < 0:
+                raise bad("ratios", f"ratio {r} is negative")
+            if r > 0 and self.window % r:
+                raise bad("ratios", f"ratio {r} does not divide window {self.window}")
+        if self.ratio_mix not in MIXES and not _ADAPT.match(self.ratio_mix):
+            raise bad("ratio_mix", f"{self.ratio_mix!r} is not one of {MIXES} or 'adapt-K'")
+        if self.placement not in PLACEMENTS:
+            raise bad("placement", f"{self.placement!r} is not one of {PLACEMENTS}")
+        if self.scheme not in SCHEMES:
+            raise bad("scheme", f"{self.scheme!r} is not one of {SCHEMES}")
+        unknown = [p for p in self.projections if p not in PROJECTIONS]
+        if unknown or not self.projections or len(set(self.projections)) != len(self.projections):
+            raise bad("projections", f"{self.projections!r} must be a non-empty subset of {PROJECTIONS}")
+        if self.embed_init not in EMBED_INITS:
+            raise bad("embed_init", f"{self.embed_init!r} is not one of {EMBED_INITS}")
+        if not 0 <= self.sink < self.window:
+            raise bad("sink", f"must be in [0, window), got {self.sink}")
+
+    @property
+    def adapt_margin(self) -> int | None:
+        """K of an ``adapt-K`` mix, else None."""
+        m = _ADAPT.match(self.ratio_mix)
+        return int(m.group(1)) if m else None
+
+    @property
+    def needs_mask(self) -> bool:
+        """Whether attention needs an explicit mask beyond causal (SPEC 2.2)."""
+        return self.scheme != "full-coverage"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BeaconConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BeaconConfigError(f"BeaconConfig: unknown fields {unknown}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def replace(self, **changes: Any) -> BeaconConfig:
+        data = self.to_dict()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return BeaconConfig.from_dict(data)

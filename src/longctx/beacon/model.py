@@ -1,0 +1,424 @@
+"""BeaconModel: stream a stock causal LM through any length with beacon compression."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from longctx import compat
+from longctx.beacon.adapter import BeaconAdapter
+from longctx.beacon.config import BeaconConfig
+from longctx.beacon.memory import BeaconMemory
+from longctx.beacon.plan import BEACON, RAW, RatioChooser, Segment, compaction_keep, entry_positions, next_segment, window_mask
+
+
+@dataclass
+class Step:
+    """What the attention function needs to know about the current forward."""
+
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class BeaconOutput:
+    logits: torch.Tensor | None
+    loss: torch.Tensor | None
+    n_tokens: int  # valid label tokens counted in the loss
+    loss_sum: torch.Tensor | None = None
+
+
+class BeaconModel(nn.Module):
+    """A causal LM with a beacon adapter attached.
+
+    ``forward`` streams raw tokens window by window, inserting beacons, compacting closed
+    windows into the memory (kept until :meth:`reset`), and returns logits/loss for raw
+    tokens only. ``generate`` decodes with the same memory.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, adapter: BeaconAdapter | None = None,
+                 config: BeaconConfig | None = None):
+        super().__init__()
+        if adapter is None:
+            adapter = BeaconAdapter.from_model(model, config or BeaconConfig())
+        elif config is not None and config != adapter.config:
+            adapter.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapter = adapter
+        adapter.attach(model)
+        self.inv_freq = compat.rotary_inv_freq(model)
+        self.memory: BeaconMemory | None = None
+        self._sequences = 0
+        self.stats: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def config(self) -> BeaconConfig:
+        return self.adapter.config
+
+    def set_config(self, **changes: Any) -> None:
+        """Change inference settings (ratios, mix, ...); resets the memory."""
+        self.adapter.config = self.config.replace(**changes)
+        self.reset()
+
+    @property
+    def device(self) -> torch.device:
+        return compat.embed_tokens(self.model).weight.device
+
+    def detach(self) -> nn.Module:
+        """Remove the adapter; returns the model exactly as it was."""
+        self.adapter.detach()
+        self.memory = None
+        return self.model
+
+    def reset(self) -> None:
+        """Forget the memory (the next call starts a new sequence)."""
+        if self.memory is not None:
+            self._sequences = max(self._sequences, self.memory.sequence + 1)
+        self.memory = None
+
+    def kv_entries(self) -> list[int]:
+        return self.memory.kv_entries() if self.memory else []
+
+    def tokens_read(self) -> list[int]:
+        return [s.raw_total for s in self.memory.samples] if self.memory else []
+
+    # ------------------------------------------------------------------ streaming forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, logits: str = "all", progress: bool = False,
+                reduce_loss: bool = True) -> BeaconOutput:
+        """Feed ``input_ids`` ``[B, L]`` (left-padded where ``attention_mask`` is 0).
+
+        logits: ``"all"`` (every raw token, ``[B, L, V]``), ``"last"`` (``[B, 1, V]``) or
+        ``"none"``. labels: aligned with input_ids (-100 = ignore), shifted inside.
+        """
+        if logits not in ("all", "last", "none"):
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        B, L = input_ids.shape
+        lengths = self._lengths(input_ids, attention_mask)
+        if self.memory is None:
+            self.memory = BeaconMemory(B, self._sequences)
+            self._sequences += 1
+            chooser = RatioChooser(self.config, compat.max_positions(self.model))
+            for s, n in zip(self.memory.samples, lengths):
+                s.instance_ratio = chooser.instance_ratio(self.memory.sequence, n)
+        elif self.memory.batch != B:
+            raise ValueError(f"the memory holds {self.memory.batch} samples but the input has {B}; call reset()")
+        mem = self.memory
+        chooser = RatioChooser(self.config)
+        cursor = [L - n for n in lengths]
+        ids_cpu = input_ids.cpu()
+        head = compat.lm_head(self.model)
+        want_all, want_last = logits == "all", logits == "last"
+        all_logits = [[] for _ in range(B)]
+        last_hidden: list[torch.Tensor | None] = [None] * B
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        n_loss = 0
+        bar = tqdm(total=sum(lengths), unit="tok", desc="reading", disable=not progress, leave=False)
+        start = time.perf_counter()
+        while any(c < L for c in cursor):
+            segs: list[Segment | None] = []
+            for b, st in enumerate(mem.samples):
+                if cursor[b] >= L:
+                    segs.append(None)
+                    continue
+                if st.ratio is None:
+                    st.ratio = chooser.window_ratio(mem.sequence, st.windows_done, st.instance_ratio)
+                segs.append(next_segment(self.config, st.ratio, st.raw_in_window, L - cursor[b]))
+            hidden, raw_rows = self._step(segs, ids_cpu, cursor)
+            for b, seg in enumerate(segs):
+                if seg is None or seg.n_raw == 0:
+                    continue
+                h = hidden[b].index_select(0, raw_rows[b])
+                lo, hi = cursor[b], cursor[b] + seg.n_raw
+                if labels is not None:
+                    tgt = labels[b, lo + 1 : hi + 1].to(h.device)
+                    if tgt.shape[0] < h.shape[0]:
+                        tgt = F.pad(tgt, (0, h.shape[0] - tgt.shape[0]), value=-100)
+                    keep = tgt != -100
+                    if keep.any():
+                        lg = head(h[keep]).float()
+                        loss_sum = loss_sum + F.cross_entropy(lg, tgt[keep], reduction="sum").to(loss_sum.device)
+                        n_loss += int(keep.sum())
+                if want_all:
+                    all_logits[b].append(head(h))
+                elif want_last:
+                    last_hidden[b] = h[-1:]
+                cursor[b] = hi
+            bar.update(sum(s.n_raw for s in segs if s is not None))
+        bar.close()
+        self.stats = {"seconds": time.perf_counter() - start, "tokens": float(sum(lengths))}
+        out_logits = None
+        if want_all:
+            V = head.weight.shape[0]
+            out_logits = torch.zeros(B, L, V, dtype=head.weight.dtype, device=self.device)
+            for b in range(B):
+                if all_logits[b]:
+                    out_logits[b, L - lengths[b] :] = torch.cat(all_logits[b]).to(self.device)
+        elif want_last:
+            rows = [h if h is not None else torch.zeros(1, head.weight.shape[1], dtype=head.weight.dtype,
+                                                        device=self.device) for h in last_hidden]
+            out_logits = head(torch.stack([r.to(self.device) for r in rows]))
+        loss = None
+        if labels is not None:
+            loss = loss_sum / max(n_loss, 1) if reduce_loss else loss_sum
+        return BeaconOutput(out_logits, loss, n_loss, loss_sum if labels is not None else None)
+
+    def _lengths(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
+        B, L = input_ids.shape
+        if attention_mask is None:
+            return [L] * B
+        m = attention_mask.bool().cpu()
+        lengths = m.sum(1).tolist()
+        for b, n in enumerate(lengths):
+            if not m[b, L - n :].all():
+                raise ValueError("attention_mask must be left-padded (ones at the end of each row)")
+        return lengths
+
+    def _step(self, segs: list[Segment | None], ids: torch.Tensor, cursor: list[int]):
+        """One forward over every sample's next segment; then compaction where windows close."""
+        cfg, mem = self.config, self.memory
+        B = len(segs)
+        R = max(s.n_rows if s else 0 for s in segs)
+        S = mem.length
+        n_prev = mem.kv_entries()
+        row_ids = torch.zeros(B, R, dtype=torch.long)
+        is_bcn = torch.zeros(B, R, dtype=torch.bool)
+        pos = torch.zeros(B, R, dtype=torch.long)
+        raw_rows = []
+        pads = []
+        for b, (seg, st) in enumerate(zip(segs, mem.samples)):
+            n = seg.n_rows if seg else 0
+            pads.append(R - n)
+            if not n:
+                raw_rows.append(torch.empty(0, dtype=torch.long))
+                continue
+            kind = torch.tensor(seg.kind, dtype=torch.long)
+            raw_pos = (kind == RAW).nonzero().flatten() + (R - n)
+            row_ids[b, raw_pos] = ids[b, cursor[b] : cursor[b] + seg.n_raw]
+            is_bcn[b, R - n :] = kind == BEACON
+            pos[b, R - n :] = torch.tensor(entry_positions(cfg, st.ratio, st.fixed, seg.kind, seg.idx))
+            raw_rows.append(raw_pos)
+        padded = any(pads) or (S > 0 and mem.padded())
+        mask = self._mask(segs, S, R, n_prev) if (padded or cfg.needs_mask) else None
+        dev = self.device
+        embeds = compat.embed_tokens(self.model)(row_ids.to(dev))
+        flat_bcn = is_bcn.flatten().nonzero().flatten()
+        if flat_bcn.numel():
+            embeds = embeds.clone() if embeds.requires_grad else embeds
+            embeds = embeds.index_put((is_bcn.to(dev),), self.adapter.embed.to(embeds.dtype).expand(int(flat_bcn.numel()), -1))
+            self.adapter.router.set((~is_bcn).flatten().nonzero().flatten().to(dev), flat_bcn.to(dev))
+        try:
+            hidden = compat.run_decoder(self.model, embeds, pos.to(dev), mem.cache, Step(mask))
+        finally:
+            self.adapter.router.set(None, None)
+        # bookkeeping, then compaction / removal of padding
+        closes = False
+        for seg, st in zip(segs, mem.samples):
+            if seg:
+                st.kind.extend(seg.kind)
+                st.idx.extend(seg.idx)
+                st.raw_in_window += seg.n_raw
+                st.raw_total += seg.n_raw
+                closes = closes or seg.closes
+        if closes or padded:
+            self._compact(segs, S, R, n_prev, pads)
+        return hidden, [r.to(dev) for r in raw_rows]
+
+    def _compact(self, segs, S: int, R: int, n_prev: list[int], pads: list[int]) -> None:
+        mem, cfg = self.memory, self.config
+        keep_all, delta_all = [], []
+        for b, (seg, st) in enumerate(zip(segs, mem.samples)):
+            # cache indices of this sample's entries, in order: previous entries, then new rows
+            n_new = (seg.n_rows if seg else 0)
+            where = list(range(S - n_prev[b], S)) + list(range(S + pads[b], S + R))
+            assert len(where) == st.entries, (len(where), st.entries, n_new)
+            if seg is not None and seg.closes:
+                old = entry_positions(cfg, st.ratio, st.fixed, st.kind, st.idx)
+                kept = compaction_keep(cfg.sink, st.windows_done == 0, st.ratio, st.kind, st.idx)
+                keep = where[: st.fixed] + [where[st.fixed + e] for e in kept]
+                delta = [0] * st.fixed + [st.fixed + r - old[e] for r, e in enumerate(kept)]
+                st.fixed += len(kept)
+                st.kind, st.idx = [], []
+                st.raw_in_window = 0
+                st.windows_done += 1
+                st.ratio = None
+            else:
+                keep, delta = where, [0] * len(where)
+            keep_all.append(keep)
+            delta_all.append(delta)
+        mem.repack(keep_all, delta_all, self.inv_freq)
+
+    def _mask(self, segs, S: int, R: int, n_prev: list[int]) -> torch.Tensor:
+        """Explicit bool mask ``[B, 1, R, S + R]`` for padded batches and non-default schemes."""
+        cfg, mem = self.config, self.memory
+        B = len(segs)
+        mask = torch.zeros(B, 1, R, S + R, dtype=torch.bool)
+        for b, (seg, st) in enumerate(zip(segs, mem.samples)):
+            n = seg.n_rows if seg else 0
+            pad = R - n
+            mask[b, 0, torch.arange(pad), S + torch.arange(pad)] = True  # padding rows see themselves
+            if not n:
+                continue
+            q = slice(pad, R)
+            first = S - n_prev[b]
+            mask[b, 0, q, first : first + st.fixed] = True
+            keys_kind = st.kind + list(seg.kind)
+            keys_idx = st.idx + list(seg.idx)
+            wm = window_mask(cfg, st.ratio, seg.kind, seg.idx, keys_kind, keys_idx)
+            n_open = len(st.kind)
+            mask[b, 0, q, S - n_open : S] = wm[:, :n_open]
+            mask[b, 0, q, S + pad :] = wm[:, n_open:]
+        return mask.to(self.device)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, eos_token_id: int | Iterable[int] | None = None,
+                 streamer: Any = None, generator: torch.Generator | None = None,
+                 progress: bool = False) -> torch.Tensor:
+        """Read ``input_ids`` into the memory and decode up to ``max_new_tokens``.
+
+        Returns the new tokens ``[B, n]``. Every generated token is fed back into the memory,
+        so a later call continues the same conversation (multi-turn reuse).
+        """
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        eos = self._eos_ids(eos_token_id)
+        t0 = time.perf_counter()
+        nxt = self.forward(input_ids, attention_mask, logits="last", progress=progress).logits[:, -1]
+        prefill_s = time.perf_counter() - t0
+        B = input_ids.shape[0]
+        done = torch.zeros(B, dtype=torch.bool, device=nxt.device)
+        pad = self._pad_id(eos)
+        out = []
+        t1 = time.perf_counter()
+        for i in range(max_new_tokens):
+            tok = _sample(nxt.float(), do_sample, temperature, top_k, top_p, generator)
+            tok = torch.where(done, torch.full_like(tok, pad), tok)
+            out.append(tok)
+            if streamer is not None:
+                streamer.put(tok.cpu())
+            if eos:
+                done |= torch.isin(tok, torch.tensor(eos, device=tok.device))
+            last = bool(done.all()) or i == max_new_tokens - 1
+            res = self.forward(tok.unsqueeze(1), logits="none" if last else "last")
+            if last:
+                break
+            nxt = res.logits[:, -1]
+        if streamer is not None:
+            streamer.end()
+        n = len(out)
+        self.stats = {"prefill_s": prefill_s, "decode_s": time.perf_counter() - t1, "new_tokens": float(n),
+                      "prompt_tokens": float(input_ids.shape[1])}
+        return torch.stack(out, dim=1) if out else input_ids.new_zeros(B, 0)
+
+    def _eos_ids(self, eos_token_id) -> list[int]:
+        if eos_token_id is None:
+            gc = getattr(self.model, "generation_config", None)
+            eos_token_id = getattr(gc, "eos_token_id", None) or compat.text_config(self.model).eos_token_id
+        if eos_token_id is None:
+            return []
+        return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
+
+    def _pad_id(self, eos: list[int]) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
+        return int(pad if pad is not None else (eos[0] if eos else 0))
+
+    # ------------------------------------------------------------------ chat
+    def _template(self) -> dict[str, str]:
+        """Pieces of the chat template around a context and a question."""
+        tok = self._need_tokenizer()
+        if getattr(tok, "chat_template", None) is None:
+            return {"pre": "", "mid": "\n\n", "post": "\n", "next_pre": "\n\n"}
+        msgs = [{"role": "user", "content": "\x00C\x00\n\n\x00Q\x00"}]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        pre, rest = text.split("\x00C\x00")
+        mid, post = rest.split("\x00Q\x00")
+        msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "\x00A\x00"},
+                {"role": "user", "content": "\x00Q\x00"}]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        next_pre = text.split("\x00A\x00")[1].split("\x00Q\x00")[0]
+        return {"pre": pre, "mid": mid, "post": post, "next_pre": next_pre}
+
+    def _feed_text(self, text: str, progress: bool = False) -> None:
+        tok = self._need_tokenizer()
+        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
+        with torch.no_grad():
+            self.forward(ids, logits="none", progress=progress)
+
+    def read(self, context: str, progress: bool = False) -> int:
+        """Start a conversation whose first user turn begins with ``context``; returns tokens read."""
+        self.reset()
+        self._feed_text(self._template()["pre"] + context, progress=progress)
+        self.memory.meta["turns"] = 0
+        return self.tokens_read()[0]
+
+    def ask(self, question: str, context: str | None = None, progress: bool = False, **gen: Any) -> str:
+        """Answer ``question`` about the text read so far (``context`` starts a new conversation).
+
+        The memory keeps the conversation, so later questions reuse it (multi-turn).
+        """
+        tok = self._need_tokenizer()
+        parts = self._template()
+        if context is not None or self.memory is None:
+            self.read(context or "", progress=progress)
+        turns = self.memory.meta.get("turns", 0)
+        if turns == 0:
+            text = parts["mid"] + question + parts["post"] if self.tokens_read()[0] > 0 else question + parts["post"]
+        else:
+            sep = parts["next_pre"]
+            eos_text = tok.decode([self.memory.meta["last_token"]]) if "last_token" in self.memory.meta else ""
+            if eos_text and sep.startswith(eos_text) and self.memory.meta.get("ended_with_eos"):
+                sep = sep[len(eos_text):]
+            text = sep + question + parts["post"]
+        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
+        new = self.generate(ids, progress=progress, **gen)[0]
+        eos = self._eos_ids(gen.get("eos_token_id"))
+        self.memory.meta.update(turns=turns + 1, last_token=int(new[-1]) if new.numel() else None,
+                                ended_with_eos=bool(new.numel() and int(new[-1]) in eos))
+        return tok.decode(new, skip_special_tokens=True).strip()
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this BeaconModel has no tokenizer; pass one to use text helpers")
+        return self.tokenizer
+
+    # ------------------------------------------------------------------ memory files
+    def save_memory(self, path: str | Path) -> Path:
+        """Save the compressed memory (compress once, ask many)."""
+        if self.memory is None:
+            raise ValueError("nothing to save: the memory is empty")
+        return self.memory.save(path, self.config, compat.model_signature(self.model))
+
+    def load_memory(self, path: str | Path) -> None:
+        self.memory = BeaconMemory.load(path, self.config, compat.model_signature(self.model), self.device)
+        self._sequences = max(self._sequences, self.memory.sequence + 1)
+
+
+def _sample(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
+            generator: torch.Generator | None) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / max(temperature, 1e-5)
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

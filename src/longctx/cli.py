@@ -1,0 +1,227 @@
+"""The ``longctx`` command: each subcommand is a plain function over parsed options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_PROMPT = "Who is the captain of the Pequod, and what is he hunting? Answer in two sentences."
+SHIPPED_ADAPTERS = {"smollm2-135m": Path(__file__).resolve().parents[2] / "adapters" / "smollm2-135m-beacon"}
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="smollm2-135m",
+                   help="hub id, local directory, or the embedded default 'smollm2-135m' (default)")
+    g.add_argument("--adapter", default=None,
+                   help="beacon adapter directory or hub id; default: the shipped adapter for the embedded "
+                        "model if present, else a copy-initialised (untrained) adapter")
+    g.add_argument("--dtype", default="auto", help="bf16 (default), fp16 or fp32")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--attn", default="sdpa", help="attention implementation of the base model (default sdpa)")
+
+
+def _add_beacon_args(p: argparse.ArgumentParser, ratios=None, mix=None) -> None:
+    g = p.add_argument_group("beacon (override the adapter's settings)")
+    g.add_argument("--window", type=int, default=None, help="raw tokens per window (adapter default: 1024)")
+    g.add_argument("--ratios", type=int, nargs="+", default=ratios,
+                   help="candidate compression ratios; 0 keeps a window uncompressed")
+    g.add_argument("--ratio-mix", default=mix,
+                   help="fixed | step-random | instance-random | sequence | adapt-K (e.g. adapt-1024: smallest "
+                        "ratio that keeps positions within the model's window)")
+    g.add_argument("--sink", type=int, default=None, help="first tokens kept ahead of the memory")
+
+
+def build_beacon(args: argparse.Namespace):
+    """Load the model and attach the adapter chosen by the options; returns (BeaconModel, note)."""
+    from longctx import BeaconAdapter, BeaconConfig, BeaconModel, load_model
+
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
+    source = args.adapter or (str(SHIPPED_ADAPTERS[args.model]) if args.model in SHIPPED_ADAPTERS
+                              and (SHIPPED_ADAPTERS[args.model] / "adapter.safetensors").exists() else None)
+    if source:
+        adapter = BeaconAdapter.load(source, model)
+        note = f"adapter: {source}"
+    else:
+        adapter = BeaconAdapter.from_model(model, BeaconConfig())
+        note = ("adapter: NONE TRAINED YET - using the copy-initialised beacon adapter (beacon weights are copies of "
+                "the model's own); expect poor answers until a trained adapter is shipped")
+    changes = {"window": getattr(args, "window", None), "ratios": getattr(args, "ratios", None),
+               "ratio_mix": getattr(args, "ratio_mix", None), "sink": getattr(args, "sink", None)}
+    if any(v is not None for v in changes.values()):
+        cfg = adapter.config.replace(**changes)
+        if getattr(args, "ratios", None) and getattr(args, "ratio_mix", None) is None and len(args.ratios) == 1:
+            cfg = cfg.replace(ratio_mix="fixed")
+        adapter.config = cfg
+    return BeaconModel(model, tok, adapter), note
+
+
+def _gen_kwargs(args: argparse.Namespace) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "temperature": args.temperature,
+            "top_k": args.top_k, "top_p": args.top_p}
+
+
+def _add_gen_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate (default 96)")
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --sample)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (with --sample; 0 = all)")
+    g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (with --sample)")
+    g.add_argument("--json", default=None, help="also write the summary as JSON to this file")
+
+
+def _summary(bm, note: str, answer: str, read_s: float) -> dict:
+    from longctx.beacon.plan import kv_entries  # noqa: F401  (formula documented in the summary)
+
+    read = bm.tokens_read()[0]
+    held = bm.kv_entries()[0]
+    st = bm.stats
+    return {
+        "answer": answer,
+        "tokens_read": read,
+        "kv_entries_held_per_layer": held,
+        "kv_entries_full_attention": read,
+        "kv_reduction": round(read / max(held, 1), 2),
+        "kv_bytes_held": bm.memory.kv_bytes(),
+        "read_seconds": round(read_s, 2),
+        "read_tokens_per_second": round((read - st.get("new_tokens", 0)) / max(read_s, 1e-9), 1),
+        "decode_ms_per_token": round(1000 * st.get("decode_s", 0) / max(st.get("new_tokens", 1), 1), 1),
+        "config": bm.config.to_dict(),
+        "adapter": note,
+    }
+
+
+def _print_summary(s: dict) -> None:
+    print("\n=== answer ===")
+    print(s["answer"])
+    print("\n=== summary ===")
+    print(f"tokens read            : {s['tokens_read']:,}")
+    print(f"KV entries per layer   : {s['kv_entries_held_per_layer']:,} held (beacon) vs "
+          f"{s['kv_entries_full_attention']:,} for full attention ({s['kv_reduction']}x smaller); "
+          f"{s['kv_bytes_held'] / 2**20:.1f} MiB held")
+    print(f"speed                  : {s['read_tokens_per_second']:,} tokens/s reading "
+          f"({s['read_seconds']} s), {s['decode_ms_per_token']} ms per generated token")
+    c = s["config"]
+    print(f"beacon                 : window {c['window']}, ratios {c['ratios']} ({c['ratio_mix']}), sink {c['sink']}")
+    print(s["adapter"])
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Read a long input with beacon compression and answer a prompt about it."""
+    from longctx.data import read_text
+
+    text = read_text(args.input)
+    bm, note = build_beacon(args)
+    print(note, file=sys.stderr)
+    t = time.perf_counter()
+    if args.no_chat:
+        ids = bm.tokenizer(text + args.prompt, return_tensors="pt").input_ids.to(bm.device)
+        print(f"reading {ids.shape[1]:,} tokens ...", file=sys.stderr)
+        new = bm.generate(ids, progress=True, **_gen_kwargs(args))[0]
+        answer = bm.tokenizer.decode(new, skip_special_tokens=True).strip()
+    else:
+        answer = bm.ask(args.prompt, context=text, progress=True, **_gen_kwargs(args))
+    total = time.perf_counter() - t
+    read_s = total - bm.stats.get("decode_s", 0)
+    s = _summary(bm, note, answer, read_s)
+    _print_summary(s)
+    if args.json:
+        Path(args.json).write_text(json.dumps(s, indent=2))
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """Read a long input once and save its compressed memory for later questions."""
+    from longctx.data import read_text
+
+    text = read_text(args.input)
+    bm, note = build_beacon(args)
+    print(note, file=sys.stderr)
+    t = time.perf_counter()
+    n = bm.read(text, progress=True)
+    path = bm.save_memory(args.out)
+    print(f"read {n:,} tokens in {time.perf_counter() - t:.1f} s; memory holds {bm.kv_entries()[0]:,} KV entries "
+          f"per layer ({bm.memory.kv_bytes() / 2**20:.1f} MiB); saved to {path} (+ .json)")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Answer one or more prompts from a saved memory without re-reading the text."""
+    bm, note = build_beacon(args)
+    print(note, file=sys.stderr)
+    for prompt in args.prompt:
+        bm.load_memory(args.memory)
+        t = time.perf_counter()
+        answer = bm.ask(prompt, **_gen_kwargs(args))
+        print(f"Q: {prompt}\nA: {answer}\n   ({time.perf_counter() - t:.1f} s, memory {bm.tokens_read()[0]:,} tokens)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Full attention vs beacon side by side: prefill, decode, KV size, peak RSS."""
+    from longctx.bench import run_bench
+
+    run_bench(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longctx", description="longctx: read inputs far longer than a model's window (Activation Beacon).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="read a long input with beacon compression and answer a prompt",
+                       description=cmd_generate.__doc__)
+    p.add_argument("input", nargs="?", default="moby-dick",
+                   help="text file (.txt, .jsonl/.json with 'text'), '-' for stdin, or 'moby-dick' (default)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="question or instruction after the input")
+    p.add_argument("--no-chat", action="store_true", help="feed input+prompt as plain text (no chat template)")
+    _add_model_args(p)
+    _add_beacon_args(p, ratios=[2, 4, 8, 16, 32, 64, 128], mix="adapt-1024")
+    _add_gen_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("compress", help="read an input once and save its compressed memory",
+                       description=cmd_compress.__doc__)
+    p.add_argument("input", nargs="?", default="moby-dick", help="text file, '-' for stdin, or 'moby-dick'")
+    p.add_argument("--out", required=True, help="memory file to write (safetensors; a .json is written beside it)")
+    _add_model_args(p)
+    _add_beacon_args(p, ratios=[2, 4, 8, 16, 32, 64, 128], mix="adapt-1024")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("ask", help="answer prompts from a saved memory", description=cmd_ask.__doc__)
+    p.add_argument("memory", help="memory file written by 'longctx compress'")
+    p.add_argument("--prompt", nargs="+", required=True, help="one or more questions, each answered from the memory")
+    _add_model_args(p)
+    _add_gen_args(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("bench", help="benchmark full attention vs beacon side by side", description=cmd_bench.__doc__)
+    p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768], help="input lengths")
+    p.add_argument("--ratios", type=int, nargs="+", default=[2, 8, 32], help="beacon ratios to measure")
+    p.add_argument("--window", type=int, default=1024, help="beacon window")
+    p.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per measurement")
+    p.add_argument("--no-full", action="store_true", help="skip full attention")
+    p.add_argument("--max-full-length", type=int, default=None, help="skip full attention above this length")
+    p.add_argument("--json", default=None, help="write the rows as JSON here (and a .md table beside it)")
+    p.add_argument("--random-init", action="store_true",
+                   help="use a randomly initialised model of the --model's shape (timing needs no weights)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"longctx {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

