@@ -6,8 +6,9 @@ module goes through these functions, so a change in transformers is fixed here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F

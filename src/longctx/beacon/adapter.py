@@ -89,6 +89,8 @@ class BeaconAdapter(nn.Module):
     @classmethod
     def from_model(cls, model: nn.Module, config: BeaconConfig, dtype: torch.dtype | None = None) -> BeaconAdapter:
         """Copy-initialise: beacon projections copy the model's, the embedding copies EOS/BOS."""
+        if any(isinstance(m, RoutedLinear) for m in model.modules()):
+            raise RuntimeError("the model already carries a beacon adapter; detach it first")
         emb = compat.embed_tokens(model).weight
         cfg = compat.text_config(model)
         token = cfg.eos_token_id if config.embed_init == "eos" else cfg.bos_token_id

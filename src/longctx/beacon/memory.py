@@ -137,7 +137,9 @@ class BeaconMemory:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, config: BeaconConfig, signature: dict[str, Any], device: torch.device | str = "cpu") -> BeaconMemory:
+    def load(cls, path: str | Path, signature: dict[str, Any],
+             device: torch.device | str = "cpu") -> tuple[BeaconMemory, BeaconConfig]:
+        """Read a saved memory and the beacon settings it was made with."""
         path = Path(path)
         try:
             state = json.loads(Path(str(path) + ".json").read_text())
@@ -148,11 +150,7 @@ class BeaconMemory:
             raise MemoryError_(f"{path} is not a longctx memory")
         if state["base_model"] != signature:
             raise MemoryError_(f"memory {path} was made with another base model: {state['base_model']} vs {signature}")
-        saved_cfg = BeaconConfig.from_dict(state["beacon"])
-        if (saved_cfg.window, saved_cfg.placement, saved_cfg.scheme) != (config.window, config.placement, config.scheme):
-            raise MemoryError_(f"memory {path} was made with window/placement/scheme {saved_cfg.window}/"
-                               f"{saved_cfg.placement}/{saved_cfg.scheme}, the adapter uses "
-                               f"{config.window}/{config.placement}/{config.scheme}")
+        mem_cfg = BeaconConfig.from_dict(state["beacon"])
         mem = cls(len(state["samples"]), state["sequence"])
         mem.samples = [SampleState(**s) for s in state["samples"]]
         mem.meta = state.get("meta", {})
@@ -160,4 +158,4 @@ class BeaconMemory:
         mem.cache = compat.cache_from_tensors(
             [(tensors[f"layers.{i}.keys"].to(device), tensors[f"layers.{i}.values"].to(device)) for i in range(n_layers)]
         )
-        return mem
+        return mem, mem_cfg

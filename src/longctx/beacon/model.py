@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,16 @@ from longctx import compat
 from longctx.beacon.adapter import BeaconAdapter
 from longctx.beacon.config import BeaconConfig
 from longctx.beacon.memory import BeaconMemory
-from longctx.beacon.plan import BEACON, RAW, RatioChooser, Segment, compaction_keep, entry_positions, next_segment, window_mask
+from longctx.beacon.plan import (
+    BEACON,
+    RAW,
+    RatioChooser,
+    Segment,
+    compaction_keep,
+    entry_positions,
+    next_segment,
+    window_mask,
+)
 
 
 @dataclass
@@ -78,10 +88,23 @@ class BeaconModel(nn.Module):
         self.memory = None
         return self.model
 
-    def reset(self) -> None:
-        """Forget the memory (the next call starts a new sequence)."""
+    def freeze_base(self) -> int:
+        """Freeze every base-model weight; only beacon parameters train. Returns their count."""
+        mine = {id(p) for p in self.adapter.parameters()}
+        for p in self.model.parameters():
+            if id(p) not in mine:
+                p.requires_grad_(False)
+        for p in self.adapter.parameters():
+            p.requires_grad_(True)
+        return self.adapter.num_parameters()
+
+    def reset(self, sequence: int | None = None) -> None:
+        """Forget the memory. The next call starts a new sequence, numbered ``sequence`` if
+        given (random ratio draws depend on the seed, the sequence number and the window)."""
         if self.memory is not None:
             self._sequences = max(self._sequences, self.memory.sequence + 1)
+        if sequence is not None:
+            self._sequences = sequence
         self.memory = None
 
     def kv_entries(self) -> list[int]:
@@ -402,7 +425,9 @@ class BeaconModel(nn.Module):
         return self.memory.save(path, self.config, compat.model_signature(self.model))
 
     def load_memory(self, path: str | Path) -> None:
-        self.memory = BeaconMemory.load(path, self.config, compat.model_signature(self.model), self.device)
+        """Load a saved memory; its beacon settings (window, ratios, ...) become the current ones."""
+        self.memory, cfg = BeaconMemory.load(path, compat.model_signature(self.model), self.device)
+        self.adapter.config = cfg
         self._sequences = max(self._sequences, self.memory.sequence + 1)
 
 

@@ -1,0 +1,136 @@
+"""Adapter attach/detach/save/load and memory save/load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from longctx import AdapterError, BeaconAdapter, BeaconConfig, BeaconModel
+from longctx.beacon.adapter import CONFIG_FILE, WEIGHTS_FILE, RoutedLinear
+from longctx.beacon.memory import MemoryError_
+from tiny import perturb_adapter, tiny_model
+
+
+def test_detach_restores_the_model_bit_for_bit():
+    model = tiny_model("qwen2")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules_before = [type(m) for m in model.modules()]
+    ids = torch.randint(3, 128, (1, 40))
+    with torch.no_grad():
+        base = model(ids).logits
+    bm = BeaconModel(model, adapter=perturb_adapter(BeaconAdapter.from_model(model, BeaconConfig(window=16))))
+    assert any(isinstance(m, RoutedLinear) for m in model.modules())
+    with torch.no_grad():
+        bm(ids)
+    restored = bm.detach()
+    assert restored is model
+    assert [type(m) for m in model.modules()] == modules_before
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, base)
+
+
+def test_copy_initialised_projections_equal_the_model_and_embedding_is_eos():
+    model = tiny_model("qwen2")  # q/k/v biases
+    ad = BeaconAdapter.from_model(model, BeaconConfig(window=16, projections=["q", "k", "v"]))
+    attn = model.model.layers[1].self_attn
+    assert torch.equal(ad.layers[1]["k"].weight, attn.k_proj.weight)
+    assert torch.equal(ad.layers[1]["k"].bias, attn.k_proj.bias)
+    assert "o" not in ad.layers[1]
+    assert torch.equal(ad.embed[0], model.model.embed_tokens.weight[model.config.eos_token_id])
+
+
+def test_adapter_save_load_round_trip(tmp_path):
+    model = tiny_model("llama")
+    ad = perturb_adapter(BeaconAdapter.from_model(model, BeaconConfig(window=16, ratios=[4], sink=1)))
+    ad.save(tmp_path / "ad")
+    ids = torch.randint(3, 128, (1, 50))
+    bm = BeaconModel(model, adapter=ad)
+    with torch.no_grad():
+        first = bm(ids).logits
+    bm.detach()
+    loaded = BeaconAdapter.load(tmp_path / "ad", model)
+    assert loaded.config == ad.config
+    bm2 = BeaconModel(model, adapter=loaded)
+    with torch.no_grad():
+        second = bm2(ids).logits
+    assert torch.equal(first, second)
+    saved = json.loads((tmp_path / "ad" / CONFIG_FILE).read_text())
+    assert saved["base_model"]["hidden_size"] == 64
+
+
+@pytest.mark.parametrize("change,field", [(dict(hidden_size=96), "hidden_size"),
+                                          (dict(num_hidden_layers=3), "num_hidden_layers"),
+                                          (dict(num_attention_heads=8, num_key_value_heads=2), "num_attention_heads")])
+def test_adapter_for_another_base_model_is_refused(tmp_path, change, field):
+    BeaconAdapter.from_model(tiny_model("llama"), BeaconConfig(window=16)).save(tmp_path / "ad")
+    other = tiny_model("llama", **change)
+    with pytest.raises(AdapterError, match=field):
+        BeaconAdapter.load(tmp_path / "ad", other)
+
+
+def test_corrupt_adapter_file_is_refused(tmp_path):
+    model = tiny_model("llama")
+    BeaconAdapter.from_model(model, BeaconConfig(window=16)).save(tmp_path / "ad")
+    path = tmp_path / "ad" / WEIGHTS_FILE
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AdapterError, match="cannot read adapter weights"):
+        BeaconAdapter.load(tmp_path / "ad", model)
+
+
+def test_adapter_with_wrong_tensors_is_refused(tmp_path):
+    model = tiny_model("llama")
+    BeaconAdapter.from_model(model, BeaconConfig(window=16, projections=["q"])).save(tmp_path / "ad")
+    meta = json.loads((tmp_path / "ad" / CONFIG_FILE).read_text())
+    meta["beacon"]["projections"] = ["q", "k"]
+    (tmp_path / "ad" / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(AdapterError, match="missing"):
+        BeaconAdapter.load(tmp_path / "ad", model)
+
+
+def test_missing_adapter_is_a_clear_error(tmp_path):
+    with pytest.raises(AdapterError, match="no adapter"):
+        BeaconAdapter.load(tmp_path / "nothing-here", tiny_model("llama"))
+
+
+def test_attaching_twice_is_refused():
+    model = tiny_model("llama")
+    BeaconModel(model, config=BeaconConfig(window=16))
+    with pytest.raises(RuntimeError, match="already"):
+        BeaconModel(model, config=BeaconConfig(window=16))
+
+
+def test_memory_save_load_round_trip(tmp_path):
+    model = tiny_model("qwen3")
+    bm = BeaconModel(model, adapter=perturb_adapter(BeaconAdapter.from_model(model, BeaconConfig(window=16, ratios=[4], sink=2))))
+    ids = torch.randint(3, 128, (1, 57))
+    q1, q2 = torch.randint(3, 128, (1, 9)), torch.randint(3, 128, (1, 5))
+    with torch.no_grad():
+        bm(ids, logits="none")
+        bm.save_memory(tmp_path / "mem.safetensors")
+        a1 = bm(q1).logits
+        g1 = bm.generate(q2, max_new_tokens=6, eos_token_id=[])
+        bm.load_memory(tmp_path / "mem.safetensors")
+        b1 = bm(q1).logits
+        g2 = bm.generate(q2, max_new_tokens=6, eos_token_id=[])
+        bm.load_memory(tmp_path / "mem.safetensors")  # ask again from the same memory
+        c1 = bm(q1).logits
+    assert torch.equal(a1, b1) and torch.equal(a1, c1)
+    assert torch.equal(g1, g2)
+
+
+def test_memory_from_another_model_is_refused(tmp_path):
+    model = tiny_model("llama")
+    bm = BeaconModel(model, config=BeaconConfig(window=16))
+    with torch.no_grad():
+        bm(torch.randint(3, 128, (1, 20)))
+    bm.save_memory(tmp_path / "m.safetensors")
+    bm.detach()
+    other = BeaconModel(tiny_model("llama", num_hidden_layers=3), config=BeaconConfig(window=16))
+    with pytest.raises(MemoryError_, match="another base model"):
+        other.load_memory(tmp_path / "m.safetensors")
