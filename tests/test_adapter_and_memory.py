@@ -10,6 +10,7 @@ import torch
 from longctx import AdapterError, BeaconAdapter, BeaconConfig, BeaconModel
 from longctx.beacon.adapter import CONFIG_FILE, WEIGHTS_FILE, RoutedLinear
 from longctx.beacon.memory import MemoryError_
+
 from tiny import perturb_adapter, tiny_model
 
 

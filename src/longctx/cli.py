@@ -169,6 +169,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Import a reference Activation Beacon checkpoint as a longctx adapter (+ plain base model)."""
+    from longctx.beacon.convert import import_reference
+
+    out = import_reference(args.ref_dir, args.out_dir, write_base=args.write_base)
+    base = f"{out}/base" if args.write_base else args.ref_dir
+    print(f"wrote adapter {out}; base model weights: {base}")
+    print(f"use: longctx generate FILE --model {base} --adapter {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a longctx adapter + its base model in the reference checkpoint format."""
+    from longctx import BeaconAdapter, load_model
+    from longctx.beacon.convert import export_reference
+
+    model, tok = load_model(args.model, dtype=args.dtype, device="cpu")
+    adapter = BeaconAdapter.load(args.adapter, model)
+    out = export_reference(adapter, model, args.out_dir, tok)
+    print(f"wrote reference-format checkpoint {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longctx", description="longctx: read inputs far longer than a model's window (Activation Beacon).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_gen_args(p)
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("convert", help="import a reference Activation Beacon checkpoint", description=cmd_convert.__doc__)
+    p.add_argument("ref_dir", help="reference checkpoint directory (config with beacon_* fields, safetensors weights)")
+    p.add_argument("out_dir", help="where to write the longctx adapter")
+    p.add_argument("--write-base", action="store_true", help="also write the base weights as a plain model in OUT_DIR/base")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="export an adapter in the reference checkpoint format", description=cmd_export.__doc__)
+    p.add_argument("adapter", help="longctx adapter directory or hub id")
+    p.add_argument("out_dir", help="where to write the reference-format model")
+    p.add_argument("--model", default="smollm2-135m", help="the adapter's base model (hub id, local dir, smollm2-135m)")
+    p.add_argument("--dtype", default="bf16", help="dtype of the written weights (default bf16)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="benchmark full attention vs beacon side by side", description=cmd_bench.__doc__)
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768], help="input lengths")

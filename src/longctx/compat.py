@@ -139,6 +139,14 @@ def _prefix_causal(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         w1, w2 = (l1 - m).exp(), (l2 - m).exp()
         total = w1 + w2
         return o1 * (w1 / total).unsqueeze(-1).to(o1.dtype) + o2 * (w2 / total).unsqueeze(-1).to(o2.dtype)
+    if query.device.type == "cuda":
+        # lower-right causal bias: the memory-efficient kernel applies it without a dense mask
+        from torch.nn.attention.bias import causal_lower_right
+
+        if groups > 1:
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(q_len, kv_len), scale=scale)
     mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
 
@@ -179,6 +187,8 @@ def beacon_attention(
     """
     step = kwargs.get(STEP_KWARG)
     mask = step.mask if step is not None else attention_mask
+    if mask is not None and mask.device != query.device:
+        mask = mask.to(query.device)
     q_len, kv_len = query.shape[2], key.shape[2]
     gqa = query.shape[1] != key.shape[1]
     if q_len <= SMALL_QUERY and (mask is None or mask.shape[0] == query.shape[0]):

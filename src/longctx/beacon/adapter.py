@@ -53,6 +53,8 @@ class RoutedLinear(nn.Module):
         if rows is None:
             return self.base(x)
         raw, bcn = rows
+        if raw.device != x.device:  # a model split over devices (device_map)
+            raw, bcn = raw.to(x.device), bcn.to(x.device)
         flat = x.reshape(-1, x.shape[-1])
         out = flat.new_empty(flat.shape[0], self.beacon.out_features)
         if raw.numel():

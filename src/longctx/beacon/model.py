@@ -161,7 +161,7 @@ class BeaconModel(nn.Module):
             for b, seg in enumerate(segs):
                 if seg is None or seg.n_raw == 0:
                     continue
-                h = hidden[b].index_select(0, raw_rows[b])
+                h = hidden[b].index_select(0, raw_rows[b].to(hidden.device)).to(head.weight.device)
                 lo, hi = cursor[b], cursor[b] + seg.n_raw
                 if labels is not None:
                     tgt = labels[b, lo + 1 : hi + 1].to(h.device)
@@ -255,7 +255,7 @@ class BeaconModel(nn.Module):
                 closes = closes or seg.closes
         if closes or padded:
             self._compact(segs, S, R, n_prev, pads)
-        return hidden, [r.to(dev) for r in raw_rows]
+        return hidden, raw_rows
 
     def _compact(self, segs, S: int, R: int, n_prev: list[int], pads: list[int]) -> None:
         mem, cfg = self.memory, self.config
