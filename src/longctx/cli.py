@@ -192,6 +192,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run a long-context task for several methods side by side; write JSON, a table and plots."""
+    from longctx import BeaconAdapter, load_model
+    from longctx.data import read_text
+    from longctx.eval import run_eval
+    from longctx.eval.report import write_report
+
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
+    source = args.adapter or (str(SHIPPED_ADAPTERS[args.model]) if args.model in SHIPPED_ADAPTERS
+                              and (SHIPPED_ADAPTERS[args.model] / "adapter.safetensors").exists() else None)
+    adapter = BeaconAdapter.load(source, model) if source else None
+    kw = {}
+    if args.data:
+        kw["data"] = args.data
+    if args.text:
+        kw["text"] = read_text(args.text)
+        kw["documents"] = [(args.text, kw["text"])]
+    out = Path(args.out or f"runs/eval/{args.task}")
+    run_eval(args.task, model, tok, out, methods=args.methods, lengths=args.lengths, samples=args.samples,
+             seed=args.seed, window=args.window, ratio=args.ratio, adapter=adapter,
+             max_full_length=args.max_full_length, task_kwargs=kw,
+             config={"model": args.model, "adapter": source or "copy-initialised"})
+    report = write_report(out)
+    print(report.read_text())
+    print(f"results: {out}/results.jsonl, report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longctx", description="longctx: read inputs far longer than a model's window (Activation Beacon).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,6 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m", help="the adapter's base model (hub id, local dir, smollm2-135m)")
     p.add_argument("--dtype", default="bf16", help="dtype of the written weights (default bf16)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="evaluate methods side by side on a long-context task", description=cmd_eval.__doc__)
+    p.add_argument("task", help="ppl, passkey, needle, lines, kv, ruler-multikey, ruler-multivalue, ruler-vartrack, "
+                                "ruler-cwe, ruler-fwe, longbench (with --data)")
+    p.add_argument("--methods", default="full,truncate,streaming,beacon",
+                   help="comma list of full, truncate[:B], streaming[:B], beacon[:RATIO|adapt-K]; truncate and "
+                        "streaming default to the beacon's KV budget")
+    p.add_argument("--lengths", default="4k,8k,16k,32k", help="context lengths, e.g. 4k,8k,16k,32k")
+    p.add_argument("--samples", type=int, default=4, help="items per length (depths/positions spread evenly)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated tasks")
+    p.add_argument("--window", type=int, default=1024, help="beacon window")
+    p.add_argument("--ratio", type=int, default=8, help="beacon ratio that sets the equal KV budget")
+    p.add_argument("--max-full-length", type=int, default=None, help="skip full attention above this length")
+    p.add_argument("--data", default=None, help="LongBench-format jsonl for the longbench task")
+    p.add_argument("--text", default=None, help="a local text (file or 'moby-dick') for needle/ppl")
+    p.add_argument("--out", default=None, help="results folder (default runs/eval/TASK); reruns resume")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmark full attention vs beacon side by side", description=cmd_bench.__doc__)
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768], help="input lengths")

@@ -27,6 +27,7 @@ from longctx.beacon.plan import (
     next_segment,
     window_mask,
 )
+from longctx.chat import chat_parts
 
 
 @dataclass
@@ -360,19 +361,7 @@ class BeaconModel(nn.Module):
 
     # ------------------------------------------------------------------ chat
     def _template(self) -> dict[str, str]:
-        """Pieces of the chat template around a context and a question."""
-        tok = self._need_tokenizer()
-        if getattr(tok, "chat_template", None) is None:
-            return {"pre": "", "mid": "\n\n", "post": "\n", "next_pre": "\n\n"}
-        msgs = [{"role": "user", "content": "\x00C\x00\n\n\x00Q\x00"}]
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        pre, rest = text.split("\x00C\x00")
-        mid, post = rest.split("\x00Q\x00")
-        msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "\x00A\x00"},
-                {"role": "user", "content": "\x00Q\x00"}]
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        next_pre = text.split("\x00A\x00")[1].split("\x00Q\x00")[0]
-        return {"pre": pre, "mid": mid, "post": post, "next_pre": next_pre}
+        return chat_parts(self._need_tokenizer())
 
     def _feed_text(self, text: str, progress: bool = False) -> None:
         tok = self._need_tokenizer()

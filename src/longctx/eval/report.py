@@ -1,0 +1,120 @@
+"""Tables and plots from a results folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def load(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, float]]:
+    """(task, method kind, length) -> mean score (accuracy in %) or perplexity, and count."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        groups[(r["task"], r["kind"], r["length"])].append(r)
+    out = {}
+    for key, rs in groups.items():
+        if rs[0].get("ppl") is not None:
+            nll, n = sum(r["nll"] for r in rs), sum(r["tokens"] for r in rs)
+            out[key] = {"ppl": math.exp(nll / max(n, 1)), "n": len(rs)}
+        else:
+            out[key] = {"score": 100 * sum(r["score"] for r in rs) / len(rs), "n": len(rs)}
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    s = summary(rows)
+    tasks = sorted({k[0] for k in s})
+    kinds = [k for k in ("full", "truncate", "streaming", "beacon") if any(x[1] == k for x in s)]
+    lengths = sorted({k[2] for k in s})
+    labels = {r["kind"]: r["method"] for r in rows}
+    lines = []
+    for task in tasks:
+        metric = "perplexity (lower is better)" if any("ppl" in v for k, v in s.items() if k[0] == task) else "score % (higher is better)"
+        lines.append(f"\n**{task}**: {metric}\n")
+        lines.append("| method | " + " | ".join(f"{L // 1024}K" if L % 1024 == 0 else str(L) for L in lengths) + " |")
+        lines.append("|---|" + "---|" * len(lengths))
+        for kind in kinds:
+            cells = []
+            for L in lengths:
+                v = s.get((task, kind, L))
+                cells.append("-" if v is None else (f"{v['ppl']:.2f}" if "ppl" in v else f"{v['score']:.0f} (n={v['n']})"))
+            lines.append(f"| {labels.get(kind, kind)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Metric against length per method; accuracy against depth/position; needle heatmaps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    made = []
+    s = summary(rows)
+    for task in sorted({k[0] for k in s}):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for kind in ("full", "truncate", "streaming", "beacon"):
+            pts = sorted((k[2], v) for k, v in s.items() if k[0] == task and k[1] == kind)
+            if pts:
+                ys = [v.get("ppl", v.get("score")) for _, v in pts]
+                ax.plot([p[0] for p in pts], ys, marker="o", label=kind)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        is_ppl = any("ppl" in v for k, v in s.items() if k[0] == task)
+        ax.set_ylabel("perplexity" if is_ppl else "score (%)")
+        if is_ppl:
+            ax.set_yscale("log")
+        ax.set_title(task)
+        ax.legend()
+        fig.tight_layout()
+        p = out / f"{task}_by_length.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        made.append(p)
+    by_pos = [r for r in rows if "depth" in r or "position" in r]
+    for task in sorted({r["task"] for r in by_pos}):
+        rs = [r for r in by_pos if r["task"] == task]
+        key = "depth" if "depth" in rs[0] else "position"
+        kinds = sorted({r["kind"] for r in rs})
+        lengths = sorted({r["length"] for r in rs})
+        depths = sorted({round(r[key], 2) for r in rs})
+        fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3), squeeze=False)
+        for ax, kind in zip(axes[0], kinds):
+            grid = [[float("nan")] * len(lengths) for _ in depths]
+            for i, d in enumerate(depths):
+                for j, L in enumerate(lengths):
+                    cell = [r["score"] for r in rs if r["kind"] == kind and r["length"] == L and round(r[key], 2) == d]
+                    if cell:
+                        grid[i][j] = 100 * sum(cell) / len(cell)
+            im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="lower")
+            ax.set_xticks(range(len(lengths)), [f"{L // 1024}K" for L in lengths])
+            ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths])
+            ax.set_title(kind)
+            ax.set_xlabel("length")
+            ax.set_ylabel(key)
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+        p = out / f"{task}_by_{key}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        made.append(p)
+    return made
+
+
+def write_report(out_dir: str | Path) -> Path:
+    rows = load(out_dir)
+    out = Path(out_dir)
+    md = markdown(rows)
+    pngs = plots(rows, out)
+    text = md + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+    (out / "report.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps({"|".join(map(str, k)): v for k, v in summary(rows).items()}, indent=2))
+    return out / "report.md"

@@ -1,0 +1,95 @@
+"""Run tasks x methods x lengths into a results folder; resumable (finished items are skipped)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from longctx.eval import scoring
+from longctx.eval.methods import make_method, parse_methods
+from longctx.eval.tasks import build
+
+
+def parse_lengths(text: str | list) -> list[int]:
+    """``4k,8k,16000`` -> [4096, 8192, 16000]."""
+    parts = text if isinstance(text, list) else str(text).replace(" ", "").split(",")
+    out = []
+    for p in parts:
+        p = str(p).lower()
+        out.append(int(float(p[:-1]) * 1024) if p.endswith("k") else int(p))
+    return out
+
+
+def score(item, text: str) -> float:
+    if item.scorer == "all_of":
+        return scoring.all_of(text, list(item.answer))
+    answers = item.answer if isinstance(item.answer, list) else [item.answer]
+    return max(scoring.SCORERS[item.scorer](text, a) for a in answers)
+
+
+def run_eval(task: str, model, tok, out_dir: str | Path, methods: str = "full,truncate,streaming,beacon",
+             lengths: str | list = "4k,8k", samples: int = 4, seed: int = 0, window: int = 1024, ratio: int = 8,
+             adapter=None, max_full_length: int | None = None, task_kwargs: dict | None = None,
+             config: dict | None = None) -> list[dict[str, Any]]:
+    """Evaluate and append one JSON line per (method, item) to ``out_dir/results.jsonl``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.jsonl"
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[(r["method"], r["item"])] = r
+    meta = {"task": task, "methods": methods, "lengths": parse_lengths(lengths), "samples": samples, "seed": seed,
+            "window": window, "ratio": ratio, "max_full_length": max_full_length, "torch": torch.__version__,
+            "python": platform.python_version(), **(config or {})}
+    try:
+        import transformers
+
+        meta["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))
+    specs = parse_methods(methods)
+    rows = list(done.values())
+    with path.open("a") as f:
+        for length in parse_lengths(lengths):
+            items = build(task, tok, length, samples, seed, **(task_kwargs or {}))
+            for spec in specs:
+                if spec.kind == "full" and max_full_length and length > max_full_length:
+                    continue
+                method = None
+                try:
+                    for item in tqdm(items, desc=f"{task} {spec.kind} {length}", leave=False):
+                        if method is None:
+                            method = make_method(spec, model, tok, length, window, ratio, adapter)
+                        if (method.label(), item.id) in done:
+                            continue
+                        t = time.perf_counter()
+                        ids = torch.tensor([item.ids])
+                        if item.kind == "ppl":
+                            nll, n = method.loss(ids, item.tail)
+                            row = {"nll": nll, "tokens": n, "ppl": math.exp(nll / max(n, 1)), "score": None}
+                        else:
+                            new = method.generate(ids, item.max_new_tokens)
+                            text = tok.decode(new, skip_special_tokens=True)
+                            row = {"output": text, "answer": item.answer, "score": score(item, text)}
+                        row.update(task=item.task, item=item.id, method=method.label(), kind=spec.kind,
+                                   length=length, prompt_tokens=len(item.ids), seconds=time.perf_counter() - t,
+                                   **{k: v for k, v in item.meta.items() if isinstance(v, (int, float, str))})
+                        f.write(json.dumps(row) + "\n")
+                        f.flush()
+                        done[(row["method"], item.id)] = row
+                        rows.append(row)
+                finally:
+                    if method is not None:
+                        method.close()
+    return rows

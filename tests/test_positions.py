@@ -1,0 +1,116 @@
+"""CREAM / PoSE / RandPos samplers and RoPE scaling."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+from tiny import tiny_model
+
+from longctx.positions import PositionCollator, PositionError, cream, pose, randpos, scale_rope
+from longctx.positions.samplers import truncated_gaussian_ratio
+
+N, L = 96, 384  # k = 4
+
+
+@pytest.mark.parametrize("fn", [cream, pose, randpos])
+def test_positions_strictly_increasing_inside_target(fn):
+    doc = list(range(1000, 1000 + 2000))
+    for i in range(200):
+        s = fn(doc, N, L, random.Random(i))
+        assert len(s.input_ids) == len(s.position_ids) == N
+        assert all(b > a for a, b in zip(s.position_ids, s.position_ids[1:]))
+        assert 0 <= s.position_ids[0] and s.position_ids[-1] < L
+
+
+def test_cream_head_tail_cases_and_segment_lengths():
+    doc = list(range(5000))
+    cases = {}
+    k = L // N
+    for i in range(300):
+        s = cream(doc, N, L, random.Random(i))
+        h, m = s.meta["h"], s.meta["m"]
+        cases[s.meta["case"]] = h
+        assert s.position_ids[:h] == list(range(h))
+        assert s.position_ids[-h:] == list(range(L - h, L))
+        assert m == N - 2 * h
+        mid = s.position_ids[h : h + m]
+        assert mid == list(range(mid[0], mid[0] + m))  # contiguous middle
+        # middle tokens come from the document offsets equal to their positions (doc is long)
+        assert s.input_ids[h : h + m] == [doc[p] for p in mid]
+        assert s.input_ids[:h] == doc[:h] and s.input_ids[-h:] == doc[-h:]
+    assert cases == {"relativity": N // 3, "continuity": 4 * k}
+
+
+def test_cream_middle_tokens_fall_back_before_the_tail_for_short_documents():
+    doc = list(range(N))  # exactly N tokens: the middle is the m tokens before the tail
+    s = cream(doc, N, L, random.Random(0))
+    assert s.input_ids == doc
+
+
+def test_cream_ratio_follows_the_truncated_gaussian():
+    """Fixed seed: the histogram of r matches the spec's clamped, floored Gaussian on [2, 2k]."""
+    k, sigma, n = 8, 3.0, 20000
+    rng = random.Random(123)
+    draws = [truncated_gaussian_ratio(k, sigma, rng) for _ in range(n)]
+    assert min(draws) >= 2 and max(draws) <= 2 * k
+
+    def cdf(x):
+        return 0.5 * (1 + math.erf((x - (k + 1)) / (sigma * math.sqrt(2))))
+
+    for v in range(2, 2 * k):
+        lo = 0.0 if v == 2 else cdf(v)
+        hi = cdf(v + 1) if v < 2 * k - 1 else 1.0
+        if v == 2 * k - 1:
+            hi = cdf(2 * k)
+        expected = hi - lo
+        observed = draws.count(v) / n
+        assert abs(observed - expected) < 4 * math.sqrt(expected * (1 - expected) / n) + 1e-3, (v, observed, expected)
+    assert abs(draws.count(2 * k) / n - (1 - cdf(2 * k))) < 0.01
+
+
+def test_pose_two_chunks():
+    s = pose(list(range(500)), N, L, random.Random(5))
+    l1, skip = s.meta["l1"], s.meta["skip"]
+    assert 1 <= l1 <= N // 2 and 0 <= skip <= L - N
+    assert s.position_ids[:l1] == list(range(l1)) and s.position_ids[l1] == l1 + skip
+
+
+def test_errors():
+    with pytest.raises(PositionError, match="whole multiple"):
+        cream(list(range(500)), N, 300, random.Random(0))
+    with pytest.raises(PositionError, match="shorter"):
+        pose(list(range(50)), N, L, random.Random(0))
+    with pytest.raises(PositionError, match="whole multiple"):
+        PositionCollator("cream", 96, 200)
+
+
+def test_collator_is_reproducible():
+    docs = [list(range(i, i + 400)) for i in range(4)]
+    a = PositionCollator("cream", N, L, seed=3)(docs)
+    b = PositionCollator("cream", N, L, seed=3)(docs)
+    assert torch.equal(a["position_ids"], b["position_ids"]) and torch.equal(a["input_ids"], a["labels"])
+    assert a["input_ids"].shape == (4, N)
+
+
+@pytest.mark.parametrize("method", ["linear", "ntk", "yarn"])
+def test_scaled_model_reloads_as_stock_model(tmp_path, method):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("llama", max_position_embeddings=128)
+    scale_rope(model.config, 512, method)
+    assert model.config.max_position_embeddings == 512
+    model.save_pretrained(tmp_path)
+    fresh = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert type(fresh.model.rotary_emb).__name__ == type(model.model.rotary_emb).__name__
+    ids = torch.randint(3, 128, (1, 300))
+    with torch.no_grad():
+        # rebuild the rotary of the original after changing the config, then compare
+        model.model.rotary_emb.__init__(model.config)
+        a, b = model(ids).logits, fresh(ids).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    if method == "linear":
+        base = tiny_model("llama", max_position_embeddings=128).model.rotary_emb.inv_freq
+        assert torch.allclose(fresh.model.rotary_emb.inv_freq, base / 4)
