@@ -9,7 +9,7 @@ import torch
 
 from longctx import AdapterError, BeaconAdapter, BeaconConfig, BeaconModel
 from longctx.beacon.adapter import CONFIG_FILE, WEIGHTS_FILE, RoutedLinear
-from longctx.beacon.memory import MemoryError_
+from longctx.beacon.memory import MemoryFileError
 
 from tiny import perturb_adapter, tiny_model
 
@@ -133,5 +133,5 @@ def test_memory_from_another_model_is_refused(tmp_path):
     bm.save_memory(tmp_path / "m.safetensors")
     bm.detach()
     other = BeaconModel(tiny_model("llama", num_hidden_layers=3), config=BeaconConfig(window=16))
-    with pytest.raises(MemoryError_, match="another base model"):
+    with pytest.raises(MemoryFileError, match="another base model"):
         other.load_memory(tmp_path / "m.safetensors")

@@ -98,7 +98,6 @@ def test_fast_compaction_matches_reference_recomputation(family, cfg):
     ids = torch.randint(3, 128, (1, 70))
     with torch.no_grad():
         ours = bm(ids).logits[0]
-    ratios = [bm.memory.samples[0].windows_done]  # placeholder, replaced below
     chooser_ratios = _window_ratios(bm, n_windows=5)
     adapter = bm.adapter
     mem = cache_tensors(bm)
@@ -110,7 +109,6 @@ def test_fast_compaction_matches_reference_recomputation(family, cfg):
     for layer, (k, v) in enumerate(mem):
         assert max_diff(k[0, :, :fixed], ref.memory_keys(layer)) <= TOL
         assert max_diff(v[0, :, :fixed], ref.mem_v[layer]) <= TOL
-    del ratios
 
 
 def _window_ratios(bm, n_windows):

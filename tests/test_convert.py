@@ -99,3 +99,15 @@ def test_pickle_only_checkpoint_is_refused(tmp_path):
     (ref / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(ConversionError, match="safetensors only"):
         import_reference(ref, tmp_path / "out")
+
+
+def test_cli_convert_and_export(tmp_path, capsys):
+    from longctx import cli
+
+    _, adapter, ref, ref_tensors = make_reference_checkpoint(tmp_path, "llama")
+    assert cli.main(["convert", str(ref), str(tmp_path / "ad"), "--write-base"]) == 0
+    assert "--adapter" in capsys.readouterr().out
+    assert cli.main(["export", str(tmp_path / "ad"), str(tmp_path / "back"), "--model", str(tmp_path / "ad" / "base"),
+                     "--dtype", "fp32"]) == 0
+    back = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert all(torch.equal(back[k], ref_tensors[k]) for k in ref_tensors)

@@ -7,10 +7,11 @@ import random
 
 import pytest
 import torch
-from tiny import tiny_model
 
 from longctx.positions import PositionCollator, PositionError, cream, pose, randpos, scale_rope
 from longctx.positions.samplers import truncated_gaussian_ratio
+
+from tiny import tiny_model
 
 N, L = 96, 384  # k = 4
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -75,8 +76,6 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
 
 
 def _summary(bm, note: str, answer: str, read_s: float) -> dict:
-    from longctx.beacon.plan import kv_entries  # noqa: F401  (formula documented in the summary)
-
     read = bm.tokens_read()[0]
     held = bm.kv_entries()[0]
     st = bm.stats
@@ -90,6 +89,7 @@ def _summary(bm, note: str, answer: str, read_s: float) -> dict:
         "read_seconds": round(read_s, 2),
         "read_tokens_per_second": round((read - st.get("new_tokens", 0)) / max(read_s, 1e-9), 1),
         "decode_ms_per_token": round(1000 * st.get("decode_s", 0) / max(st.get("new_tokens", 1), 1), 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "config": bm.config.to_dict(),
         "adapter": note,
     }
@@ -104,7 +104,8 @@ def _print_summary(s: dict) -> None:
           f"{s['kv_entries_full_attention']:,} for full attention ({s['kv_reduction']}x smaller); "
           f"{s['kv_bytes_held'] / 2**20:.1f} MiB held")
     print(f"speed                  : {s['read_tokens_per_second']:,} tokens/s reading "
-          f"({s['read_seconds']} s), {s['decode_ms_per_token']} ms per generated token")
+          f"({s['read_seconds']} s), {s['decode_ms_per_token']} ms per generated token; "
+          f"peak memory {s['peak_rss_mb']:,.0f} MiB")
     c = s["config"]
     print(f"beacon                 : window {c['window']}, ratios {c['ratios']} ({c['ratio_mix']}), sink {c['sink']}")
     print(s["adapter"])
@@ -185,7 +186,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from longctx import BeaconAdapter, load_model
     from longctx.beacon.convert import export_reference
 
-    model, tok = load_model(args.model, dtype=args.dtype, device="cpu")
+    model, _ = load_model(args.model, dtype=args.dtype, device="cpu", with_tokenizer=False)
+    try:
+        from transformers import AutoTokenizer
+
+        from longctx.models import resolve
+
+        tok = AutoTokenizer.from_pretrained(resolve(args.model))
+    except (OSError, ValueError):
+        tok = None  # the reference checkpoint is written without tokenizer files
     adapter = BeaconAdapter.load(args.adapter, model)
     out = export_reference(adapter, model, args.out_dir, tok)
     print(f"wrote reference-format checkpoint {out}")

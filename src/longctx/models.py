@@ -86,7 +86,8 @@ def resolve(name: str) -> str:
 
 
 def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype | None = None, device: str | None = None,
-               attn_implementation: str = "sdpa", device_map: Any = None, **kwargs: Any):
+               attn_implementation: str = "sdpa", device_map: Any = None, with_tokenizer: bool = True,
+               **kwargs: Any):
     """Load ``(model, tokenizer)`` from a hub id, a local directory or ``smollm2-135m``.
 
     No remote code is ever run (``trust_remote_code=False``). ``device_map`` spreads a big
@@ -95,8 +96,13 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype | None = None
     device = device or ("cuda" if torch.cuda.is_available() and device_map is None else "cpu")
     path = resolve(name)
     torch_dtype = parse_dtype(dtype, device)
+    tok = None
+    if with_tokenizer:
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load the tokenizer of {name!r}: {e}") from e
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, attn_implementation=attn_implementation, device_map=device_map,
             trust_remote_code=False, **kwargs,
@@ -108,6 +114,6 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype | None = None
     if device_map is None:
         model = model.to(device)
     model.eval()
-    if tok.pad_token_id is None:
+    if tok is not None and tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model, tok

@@ -151,8 +151,7 @@ def export_reference(adapter, model, out_dir: str | Path, tokenizer: Any = None)
     adapter.check(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    was_attached = adapter.attached
-    if was_attached:
+    if adapter.attached:
         raise ConversionError("detach the adapter before exporting (the model's own weights are written)")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if compat.text_config(model).tie_word_embeddings:

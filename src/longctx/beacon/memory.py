@@ -23,7 +23,7 @@ from longctx.beacon.config import BeaconConfig
 FORMAT = "longctx-memory/1"
 
 
-class MemoryError_(ValueError):
+class MemoryFileError(ValueError):
     """A saved memory that does not fit the model or adapter."""
 
 
@@ -85,7 +85,6 @@ class BeaconMemory:
         right-aligned, with keys rotated by ``delta`` positions."""
         new_len = max(len(k) for k in keep)
         kv = compat.cache_kv(self.cache)
-        device = kv[0][0].device
         rot_from = new_len
         if self.batch == 1:
             index = torch.tensor(keep[0], dtype=torch.long)
@@ -113,7 +112,6 @@ class BeaconMemory:
                 moved = compat.rope_rotate(k[:, :, rot_from:], d[:, rot_from:].to(dev), inv_freq.to(dev))
                 k = torch.cat((k[:, :, :rot_from], moved), dim=2)
             compat.set_cache_kv(self.cache, i, k, v)
-        del device
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, config: BeaconConfig, signature: dict[str, Any]) -> Path:
@@ -145,11 +143,11 @@ class BeaconMemory:
             state = json.loads(Path(str(path) + ".json").read_text())
             tensors = load_file(str(path))
         except Exception as e:  # noqa: BLE001 - any read failure is reported the same way
-            raise MemoryError_(f"cannot read saved memory {path}: {e}") from e
+            raise MemoryFileError(f"cannot read saved memory {path}: {e}") from e
         if state.get("format") != FORMAT:
-            raise MemoryError_(f"{path} is not a longctx memory")
+            raise MemoryFileError(f"{path} is not a longctx memory")
         if state["base_model"] != signature:
-            raise MemoryError_(f"memory {path} was made with another base model: {state['base_model']} vs {signature}")
+            raise MemoryFileError(f"memory {path} was made with another base model: {state['base_model']} vs {signature}")
         mem_cfg = BeaconConfig.from_dict(state["beacon"])
         mem = cls(len(state["samples"]), state["sequence"])
         mem.samples = [SampleState(**s) for s in state["samples"]]

@@ -263,9 +263,7 @@ class BeaconModel(nn.Module):
         keep_all, delta_all = [], []
         for b, (seg, st) in enumerate(zip(segs, mem.samples)):
             # cache indices of this sample's entries, in order: previous entries, then new rows
-            n_new = (seg.n_rows if seg else 0)
             where = list(range(S - n_prev[b], S)) + list(range(S + pads[b], S + R))
-            assert len(where) == st.entries, (len(where), st.entries, n_new)
             if seg is not None and seg.closes:
                 old = entry_positions(cfg, st.ratio, st.fixed, st.kind, st.idx)
                 kept = compaction_keep(cfg.sink, st.windows_done == 0, st.ratio, st.kind, st.idx)

@@ -118,11 +118,6 @@ def kv_entries(n: int, window: int, ratio: int, sink: int = 0, placement: str = 
     return held
 
 
-def max_positions_needed(n: int, window: int, ratio: int) -> int:
-    """Largest rotary position used after ``n`` raw tokens (interleave, no sink)."""
-    return kv_entries(n, window, ratio)
-
-
 class RatioChooser:
     """Draws the ratio of each window by the configured mix (SPEC 2.3).
 
