@@ -264,3 +264,28 @@ def test_generation_matches_reference_procedure(family, cfg):
         logits = ReferenceBeacon(model, adapter, ratios).run(seq)
         seq.append(int(logits[-1].argmax()))
     assert new == seq[27:]
+
+
+@pytest.mark.parametrize("cfg", [dict(window=16, ratios=[4], sink=1),
+                                 dict(window=16, ratios=[2, 4], ratio_mix="step-random", scheme="step-expansion")])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(cfg):
+    model, bm = make("qwen2", **cfg)
+    bm.freeze_base()
+    ids = torch.randint(3, 128, (1, 60))
+
+    def grads():
+        bm.reset(sequence=0)
+        for p in bm.adapter.parameters():
+            p.grad = None
+        out = bm(ids, labels=ids, logits="none")
+        out.loss.backward()
+        return out.loss.item(), [p.grad.clone() for p in bm.adapter.parameters()]
+
+    loss0, g0 = grads()
+    bm.set_checkpointing(True)
+    assert any(type(m).__name__ == "CheckpointedLayer" for m in model.modules())
+    loss1, g1 = grads()
+    bm.set_checkpointing(False)
+    assert abs(loss0 - loss1) <= 1e-6
+    assert max((a - b).abs().max().item() for a, b in zip(g0, g1)) <= 1e-5
+    assert not any(type(m).__name__ == "CheckpointedLayer" for m in model.modules())

@@ -134,3 +134,20 @@ def test_run_is_resumable_and_reports(tok, tmp_path):
     report = write_report(tmp_path)
     assert "passkey" in report.read_text() and (tmp_path / "passkey_by_length.png").exists()
     assert json.loads((tmp_path / "config.json").read_text())["task"] == "passkey"
+
+
+def test_longbench_reader_and_scoring(tok, tmp_path):
+    path = tmp_path / "hotpotqa.jsonl"
+    rows = [{"context": "Paris is the capital of France. " * 300, "input": "What is the capital of France?",
+             "answers": ["Paris"]},
+            {"context": "short context", "input": "Who?", "answers": ["Ahab", "Captain Ahab"]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    items = build("longbench", tok, 1024, 5, seed=0, data=str(path))
+    assert len(items) == 2 and items[0].scorer == "f1" and items[0].task == "longbench-hotpotqa"
+    assert len(items[0].ids) <= 1024 and "capital of France?" in tok.decode(items[0].ids[-40:])
+    from longctx.eval.runner import score
+
+    assert score(items[1], "Captain Ahab.") == 1.0 and score(items[1], "It was Captain Ahab.") == pytest.approx(2 / 3)
+    assert 0 < score(items[0], "The answer is Paris, France") < 1
+    with pytest.raises(ValueError, match="--data"):
+        build("longbench", tok, 1024, 1, seed=0)

@@ -65,11 +65,86 @@ def max_positions(model: nn.Module) -> int:
 
 # ----------------------------------------------------------------------------- cache
 def new_cache() -> DynamicCache:
-    return DynamicCache()
+    return ReplayCache()
+
+
+class ReplayCache(DynamicCache):
+    """A DynamicCache whose update is idempotent per (step, layer).
+
+    Activation checkpointing replays a layer's forward during backward; a plain cache would
+    append the window's keys a second time. Here the first update of a step records the prefix
+    and appends; a replay of the same step returns ``prefix + new`` without changing the cache.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._prefix: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        step = (kwargs.get("kwargs") or {}).get(STEP_KWARG)
+        uid = getattr(step, "uid", None)
+        if uid is None:
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        key = (uid, layer_idx)
+        if key in self._prefix:
+            pk, pv = self._prefix[key]
+            if pk is None:
+                return key_states, value_states
+            return torch.cat((pk, key_states), dim=-2), torch.cat((pv, value_states), dim=-2)
+        layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
+        held = layer is not None and layer.is_initialized and layer.keys.numel() > 0
+        self._prefix[key] = (layer.keys, layer.values) if held else (None, None)
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
+class CheckpointedLayer(nn.Module):
+    """Wraps a decoder layer in non-reentrant activation checkpointing.
+
+    ``before`` runs before the layer, in the first pass and in the replay, with the step's
+    keyword (so per-step state such as beacon routing is restored for the recomputation), and
+    the replay runs under ``context()`` (the attention implementation of the first pass).
+    """
+
+    def __init__(self, layer: nn.Module, before, context):
+        super().__init__()
+        self.layer = layer
+        self.before = before
+        self.context = context
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return self.layer(hidden_states, *args, **kwargs)
+        step = kwargs.get(STEP_KWARG)
+
+        def run(h):
+            self.before(step)
+            with self.context():
+                return self.layer(h, *args, **kwargs)
+
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(run, hidden_states, use_reentrant=False)
+
+
+def set_layer_checkpointing(model: nn.Module, before) -> list[tuple[nn.ModuleList, int, nn.Module]]:
+    """Wrap every decoder layer in :class:`CheckpointedLayer`; returns what to restore."""
+    mods = decoder(model).layers
+    saved = []
+    for i, layer in enumerate(mods):
+        if isinstance(layer, CheckpointedLayer):
+            continue
+        mods[i] = CheckpointedLayer(layer, before, lambda: attention_implementation(model))
+        saved.append((mods, i, layer))
+    return saved
+
+
+def restore_layers(saved: list[tuple[nn.ModuleList, int, nn.Module]]) -> None:
+    for mods, i, layer in saved:
+        mods[i] = layer
 
 
 def cache_from_tensors(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    cache = DynamicCache()
+    cache = ReplayCache()
     for i, (k, v) in enumerate(kv):
         cache.update(k, v, i)
     return cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,9 +33,11 @@ from longctx.chat import chat_parts
 
 @dataclass
 class Step:
-    """What the attention function needs to know about the current forward."""
+    """What the attention function (and a checkpoint replay) needs to know about one forward."""
 
     mask: torch.Tensor | None = None
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (raw, beacon) flat row indices
+    uid: int | None = None  # set when activation checkpointing may replay this step
 
 
 @dataclass
@@ -67,6 +70,8 @@ class BeaconModel(nn.Module):
         self.inv_freq = compat.rotary_inv_freq(model)
         self.memory: BeaconMemory | None = None
         self._sequences = 0
+        self._checkpointed: list = []
+        self._step_ids = itertools.count()
         self.stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ basics
@@ -83,8 +88,25 @@ class BeaconModel(nn.Module):
     def device(self) -> torch.device:
         return compat.embed_tokens(self.model).weight.device
 
+    def set_checkpointing(self, enabled: bool = True) -> None:
+        """Non-reentrant activation checkpointing of every decoder layer (training).
+
+        Only each layer's input is kept per window; the layer is recomputed in backward, with
+        the window's beacon routing restored and the cache update replayed without appending.
+        """
+        if enabled and not self._checkpointed:
+            self._checkpointed = compat.set_layer_checkpointing(self.model, self._route)
+        elif not enabled and self._checkpointed:
+            compat.restore_layers(self._checkpointed)
+            self._checkpointed = []
+
+    def _route(self, step: Step | None) -> None:
+        rows = step.rows if step is not None else None
+        self.adapter.router.set(*(rows or (None, None)))
+
     def detach(self) -> nn.Module:
         """Remove the adapter; returns the model exactly as it was."""
+        self.set_checkpointing(False)
         self.adapter.detach()
         self.memory = None
         return self.model
@@ -237,12 +259,13 @@ class BeaconModel(nn.Module):
         dev = self.device
         embeds = compat.embed_tokens(self.model)(row_ids.to(dev))
         flat_bcn = is_bcn.flatten().nonzero().flatten()
+        step = Step(mask, uid=next(self._step_ids) if self._checkpointed and torch.is_grad_enabled() else None)
         if flat_bcn.numel():
-            embeds = embeds.clone() if embeds.requires_grad else embeds
             embeds = embeds.index_put((is_bcn.to(dev),), self.adapter.embed.to(embeds.dtype).expand(int(flat_bcn.numel()), -1))
-            self.adapter.router.set((~is_bcn).flatten().nonzero().flatten().to(dev), flat_bcn.to(dev))
+            step.rows = ((~is_bcn).flatten().nonzero().flatten().to(dev), flat_bcn.to(dev))
+        self._route(step)
         try:
-            hidden = compat.run_decoder(self.model, embeds, pos.to(dev), mem.cache, Step(mask))
+            hidden = compat.run_decoder(self.model, embeds, pos.to(dev), mem.cache, step)
         finally:
             self.adapter.router.set(None, None)
         # bookkeeping, then compaction / removal of padding
