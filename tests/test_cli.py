@@ -7,7 +7,7 @@ import pytest
 from longctx import cli
 
 
-@pytest.mark.parametrize("sub", ["generate", "compress", "ask", "bench", "convert", "export", "eval"])
+@pytest.mark.parametrize("sub", ["generate", "compress", "ask", "bench", "convert", "export", "eval", "train"])
 def test_every_subcommand_has_help(sub, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([sub, "--help"])

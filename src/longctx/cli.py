@@ -229,6 +229,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a beacon adapter (base model frozen); checkpoints and resumes from --out."""
+    from longctx.train import TrainConfig, train
+
+    overrides = {k: getattr(args, k) for k in ("model", "data", "out", "adapter", "window", "ratios", "ratio_mix",
+                                                "min_length", "max_length", "batch_size", "steps", "lr", "seed",
+                                                "save_every", "stop_after", "dtype")}
+    if args.checkpointing:
+        overrides["checkpointing"] = True
+    cfg = TrainConfig.from_yaml(args.recipe, **overrides) if args.recipe else TrainConfig(
+        **{k: v for k, v in overrides.items() if v is not None})
+    out = train(cfg)
+    print(f"adapter and checkpoints in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longctx", description="longctx: read inputs far longer than a model's window (Activation Beacon).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +305,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results folder (default runs/eval/TASK); reruns resume")
     _add_model_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="train a beacon adapter", description=cmd_train.__doc__)
+    p.add_argument("--recipe", default=None, help="YAML recipe (recipes/*.yaml); options below override it")
+    p.add_argument("--model", default=None, help="base model (default smollm2-135m)")
+    p.add_argument("--data", nargs="+", default=None,
+                   help="files/folders of .txt/.jsonl, 'moby-dick', 'sotu', or hf:NAME[:split]")
+    p.add_argument("--out", default=None, help="output folder (checkpoints, log.jsonl, adapter/); resumes from it")
+    p.add_argument("--adapter", default=None, help="start from this adapter instead of copy-initialising")
+    p.add_argument("--window", type=int, default=None, help="beacon window (default 512)")
+    p.add_argument("--ratios", type=int, nargs="+", default=None, help="ratios drawn per window (default 2 4 8 16 32)")
+    p.add_argument("--ratio-mix", default=None, help="step-random (default), instance-random, sequence, fixed")
+    p.add_argument("--min-length", type=int, default=None, help="shortest training sequence in tokens")
+    p.add_argument("--max-length", type=int, default=None, help="longest training sequence (longer texts are cut)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (same number of windows)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps in total")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (cosine schedule after warm-up)")
+    p.add_argument("--seed", type=int, default=None, help="seed of data order and ratio draws")
+    p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (atomic)")
+    p.add_argument("--stop-after", type=int, default=None, help="end this run after N steps (resume later)")
+    p.add_argument("--dtype", default=None, help="base model dtype (bf16 default)")
+    p.add_argument("--checkpointing", action="store_true", help="non-reentrant activation checkpointing")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="benchmark full attention vs beacon side by side", description=cmd_bench.__doc__)
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768], help="input lengths")

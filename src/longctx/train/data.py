@@ -1,0 +1,91 @@
+"""Training data: local text files and folders (.txt, .jsonl), chat data, packing and grouping."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def read_records(paths: list[str]) -> Iterator[dict[str, Any]]:
+    """Records ``{"text": ...}`` or ``{"messages": [...]}`` from files and folders (.txt, .jsonl),
+    the default texts (``moby-dick``, ``sotu``), or a ``datasets`` name (``hf:NAME[:split]``)."""
+    for source in paths:
+        if source == "moby-dick":
+            from longctx.data import moby_dick
+
+            yield {"text": moby_dick(), "source": source}
+        elif source == "sotu":
+            from longctx.data import sotu_addresses
+
+            for d in sotu_addresses():
+                yield {"text": d["text"], "source": f"sotu/{d['id']}"}
+        elif source.startswith("hf:"):
+            from datasets import load_dataset  # optional, for real users with hub access
+
+            name, _, split = source[3:].partition(":")
+            for row in load_dataset(name, split=split or "train"):
+                yield dict(row)
+        else:
+            path = Path(source)
+            if not path.exists():
+                raise FileNotFoundError(f"no training data at {source}")
+            files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
+            for f in files:
+                if f.suffix == ".txt":
+                    yield {"text": f.read_text(encoding="utf-8"), "source": str(f)}
+                else:
+                    for line in f.read_text(encoding="utf-8").splitlines():
+                        if line.strip():
+                            yield json.loads(line)
+
+
+def chat_example(tok: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids of a rendered conversation and labels that keep only the assistant turns."""
+    ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    for i in range(len(messages)):
+        text = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not text.startswith(rendered):
+            raise ValueError("the chat template does not render conversations incrementally")
+        piece = tok(text[len(rendered) :], add_special_tokens=False).input_ids
+        ids += piece
+        labels += piece if messages[i]["role"] == "assistant" else [-100] * len(piece)
+        rendered = text
+    return ids, labels
+
+
+def make_sequences(records: Iterator[dict[str, Any]], tok: Any, min_length: int, max_length: int) -> list[dict]:
+    """Tokenise (EOS appended to plain text), cut long documents into ``max_length`` pieces and
+    drop pieces shorter than ``min_length``. Each sequence: ``input_ids``, ``labels``."""
+    eos = tok.eos_token_id
+    out = []
+    for rec in records:
+        if "messages" in rec:
+            ids, labels = chat_example(tok, rec["messages"])
+        else:
+            ids = tok(rec["text"], add_special_tokens=False).input_ids + ([eos] if eos is not None else [])
+            labels = list(ids)
+        for start in range(0, len(ids), max_length):
+            piece, lab = ids[start : start + max_length], labels[start : start + max_length]
+            if len(piece) >= min_length and any(x != -100 for x in lab[1:]):
+                out.append({"input_ids": piece, "labels": lab, "source": rec.get("source", "")})
+    return out
+
+
+def group_by_windows(lengths: list[int], window: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of sequence indices with the same number of windows, in a seeded order, so every
+    rank and every batch does the same number of window steps."""
+    buckets: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        buckets.setdefault(-(-n // window), []).append(i)
+    rng = random.Random(seed)
+    batches = []
+    for _, idx in sorted(buckets.items()):
+        rng.shuffle(idx)
+        batches += [idx[i : i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
+    rng.shuffle(batches)
+    return batches

@@ -1,0 +1,184 @@
+"""Beacon training (SPEC 2.4): compression-based auto-regression with the LLM frozen.
+
+Every base weight is frozen and only the beacon embedding and projections train. Each
+sequence is streamed window by window with gradients flowing through the beacon memory; the
+loss is the fp32 mean over all valid tokens (labels shifted once over the sequence, beacons
+carry none). Ratios are drawn per window from (seed, step, window), so all ranks agree.
+
+Distributed runs: launch with ``torchrun`` or ``accelerate launch``; the adapter's gradients
+are all-reduced explicitly (the adapter is driven through the base model's own forward, which
+a DDP wrapper around the adapter would never see).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
+from longctx.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from longctx.train.data import group_by_windows, make_sequences, read_records
+
+
+@dataclass
+class TrainConfig:
+    model: str = "smollm2-135m"
+    data: list[str] = field(default_factory=lambda: ["moby-dick"])
+    out: str = "runs/beacon"
+    adapter: str | None = None  # start from this adapter instead of copy-initialising
+    window: int = 512
+    ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
+    ratio_mix: str = "step-random"
+    sink: int = 0
+    projections: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
+    min_length: int = 1024
+    max_length: int = 2048
+    batch_size: int = 1
+    steps: int = 100
+    lr: float = 1e-4
+    warmup: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    dtype: str = "bf16"  # base model
+    beacon_dtype: str = "fp32"  # trainable beacon weights
+    checkpointing: bool = False
+    save_every: int = 50
+    log_every: int = 1
+    stop_after: int | None = None  # end this run after this many steps (resume later)
+    holdout: list[str] = field(default_factory=list)  # sources never trained on (substring match)
+    every_rank_writes: bool = False  # each rank writes its own log and final adapter (checks; separate outs)
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides: Any) -> TrainConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
+def _dist() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
+    """Train (or resume) a beacon adapter; returns the output directory with ``adapter/``."""
+    from longctx.models import load_model, parse_dtype
+
+    rank, world = _dist()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
+    beacon_cfg = BeaconConfig(window=cfg.window, ratios=cfg.ratios, ratio_mix=cfg.ratio_mix, sink=cfg.sink,
+                              projections=cfg.projections, seed=cfg.seed)
+    adapter = (BeaconAdapter.load(cfg.adapter, model, dtype=parse_dtype(cfg.beacon_dtype)) if cfg.adapter
+               else BeaconAdapter.from_model(model, beacon_cfg, dtype=parse_dtype(cfg.beacon_dtype)))
+    adapter.config = beacon_cfg
+    bm = BeaconModel(model, tokenizer, adapter)
+    n_train = bm.freeze_base()
+    model.train()
+    bm.set_checkpointing(cfg.checkpointing)
+    records = [r for r in read_records(cfg.data) if not any(h in r.get("source", "") for h in cfg.holdout)]
+    seqs = make_sequences(iter(records), tokenizer, cfg.min_length, cfg.max_length)
+    if not seqs:
+        raise ValueError(f"no training sequences of at least {cfg.min_length} tokens in {cfg.data}")
+    batches = group_by_windows([len(s["input_ids"]) for s in seqs], cfg.window, cfg.batch_size, cfg.seed)
+    if len(batches) < world:
+        raise ValueError(f"{len(batches)} batches cannot feed {world} ranks")
+    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, adapter, opt)["step"]
+    if rank == 0:
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        print(f"trainable beacon parameters: {n_train:,} (base model frozen); {len(seqs)} sequences, "
+              f"{len(batches)} batches; starting at step {start}", flush=True)
+    writer = rank == 0 or cfg.every_rank_writes
+    log = (out / "log.jsonl").open("a") if writer else None
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="train", disable=rank != 0)
+    for step in bar:
+        t = time.perf_counter()
+        batch_idx = batches[(step * world + rank) % len(batches)]
+        ids, labels, mask = _collate([seqs[i] for i in batch_idx])
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * _lr_factor(step, cfg)
+        bm.reset(sequence=step)
+        with torch.autocast(device_type=bm.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+            outp = bm(ids.to(bm.device), attention_mask=mask.to(bm.device), labels=labels.to(bm.device),
+                      logits="none")
+        ratios = [s.windows_done for s in bm.memory.samples]
+        drawn = _drawn_ratios(bm, ids.shape[1])
+        outp.loss.backward()
+        if world > 1:
+            for p in adapter.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad /= world
+        gnorm = float(torch.nn.utils.clip_grad_norm_(adapter.parameters(), cfg.grad_clip))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t
+        tokens = int(mask.sum())
+        row = {"step": step + 1, "loss": float(outp.loss.detach()), "tokens": tokens, "tokens_per_s": tokens / dt,
+               "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm, "ratios": drawn, "windows": ratios}
+        if log is not None and (step + 1) % cfg.log_every == 0:
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}", ratio=drawn[-1] if drawn else "-")
+        if rank == 0 and ((step + 1) % cfg.save_every == 0 or step + 1 == end):
+            save_checkpoint(out, step + 1, adapter, opt, {"seed": cfg.seed})
+    bar.close()
+    if world > 1:
+        dist.barrier()
+    if writer and end == cfg.steps:
+        adapter.save(out / "adapter")
+    bm.detach()
+    model.eval()
+    return out
+
+
+def _drawn_ratios(bm: BeaconModel, length: int) -> list[int]:
+    from longctx.beacon.plan import RatioChooser
+
+    ch = RatioChooser(bm.config)
+    inst = bm.memory.samples[0].instance_ratio
+    return [ch.window_ratio(bm.memory.sequence, w, inst) for w in range(-(-length // bm.config.window))]
+
+
+def _collate(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad a batch: ids, labels (-100 on padding), attention mask."""
+    n = max(len(x["input_ids"]) for x in items)
+    ids = torch.zeros(len(items), n, dtype=torch.long)
+    labels = torch.full((len(items), n), -100, dtype=torch.long)
+    mask = torch.zeros(len(items), n, dtype=torch.long)
+    for b, x in enumerate(items):
+        k = len(x["input_ids"])
+        ids[b, n - k :] = torch.tensor(x["input_ids"])
+        labels[b, n - k :] = torch.tensor(x["labels"])
+        mask[b, n - k :] = 1
+    return ids, labels, mask
