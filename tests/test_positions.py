@@ -115,3 +115,36 @@ def test_scaled_model_reloads_as_stock_model(tmp_path, method):
     if method == "linear":
         base = tiny_model("llama", max_position_embeddings=128).model.rotary_emb.inv_freq
         assert torch.allclose(fresh.model.rotary_emb.inv_freq, base / 4)
+
+
+def test_extension_fine_tuning_saves_a_stock_model_and_resumes(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from longctx.models import smollm2_dir
+    from longctx.train.extend import ExtendConfig, extend
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir())
+    text = tmp_path / "doc.txt"
+    from longctx.data import moby_dick
+
+    text.write_text(moby_dick()[:3000])
+
+    def run(out, **kw):
+        model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=128)
+        cfg = ExtendConfig(method="cream", data=[str(text)], out=str(out), target_length=512, steps=4, lr=1e-3,
+                           warmup=1, dtype="fp32", save_every=2, **kw)
+        return extend(cfg, model=model, tokenizer=tok), model
+
+    out, model = run(tmp_path / "a")
+    logs = [__import__("json").loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert len(logs) == 4 and max(x["positions_max"] for x in logs) < 512
+    fresh = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()
+    assert fresh.config.max_position_embeddings == 512 and fresh.config.rope_parameters["rope_type"] == "linear"
+    ids = torch.randint(3, 1000, (1, 300))
+    with torch.no_grad():
+        assert torch.allclose(fresh(ids).logits, model(ids).logits, atol=1e-5)
+    run(tmp_path / "b", stop_after=2)
+    out_b, _ = run(tmp_path / "b")
+    a = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(out_b / "model", dtype=torch.float32).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

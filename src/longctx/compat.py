@@ -173,6 +173,13 @@ def rotary_inv_freq(model: nn.Module) -> torch.Tensor:
     return rot.inv_freq.detach().float()
 
 
+def refresh_rotary(model: nn.Module) -> None:
+    """Rebuild the model's rotary embedding from its (changed) config, e.g. after RoPE scaling."""
+    dec = decoder(model)
+    old = dec.rotary_emb
+    dec.rotary_emb = type(old)(config=text_config(model)).to(old.inv_freq.device)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=-1)
     return torch.cat((-b, a), dim=-1)

@@ -1,4 +1,8 @@
-"""Atomic training checkpoints: adapter, optimizer state and counters, all safetensors + JSON."""
+"""Atomic training checkpoints: trainable weights, optimizer state and counters (safetensors + JSON).
+
+``trainable`` is any module whose parameters train (a beacon adapter, or :class:`TrainableParams`
+over a model's unfrozen weights); its ``state_dict`` is what is saved and restored.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ def save_checkpoint(out_dir: Path, step: int, adapter, optimizer: torch.optim.Op
     tmp = root / f".tmp-{PREFIX}{step:08d}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    adapter.save(tmp / "adapter")
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}, str(tmp / "weights.safetensors"))
     params = list(adapter.parameters())
     index = {id(p): i for i, p in enumerate(params)}
     state, scalars = {}, {}
@@ -46,6 +51,20 @@ def save_checkpoint(out_dir: Path, step: int, adapter, optimizer: torch.optim.Op
     return final
 
 
+class TrainableParams(torch.nn.Module):
+    """The trainable parameters of a model, addressed by their names in the model."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def parameters(self, recurse: bool = True):
+        return iter(self.named.values())
+
+    def state_dict(self, *args, **kwargs):
+        return dict(self.named)
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     root = Path(out_dir) / "checkpoints"
     done = sorted(p for p in root.glob(f"{PREFIX}*") if (p / "state.json").exists()) if root.exists() else []
@@ -54,7 +73,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, adapter, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore adapter weights and optimizer state; returns the saved counters."""
-    weights = load_file(str(path / "adapter" / "adapter.safetensors"))
+    weights = load_file(str(path / "weights.safetensors"))
     with torch.no_grad():
         for k, p in adapter.state_dict().items():
             p.copy_(weights[k])

@@ -1,0 +1,104 @@
+"""Context extension by fine-tuning at the original length (CREAM, PoSE, RandPos, full; SPEC 3).
+
+The model's RoPE is scaled to the target length (linear by default) and it is fine-tuned on
+N-token samples whose position ids span the target length. The result is saved with
+``save_pretrained`` and reloads as a stock transformers model (no custom code).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from longctx import compat
+from longctx.positions import PositionCollator, scale_rope
+from longctx.train.checkpoint import TrainableParams, latest_checkpoint, load_checkpoint, save_checkpoint
+from longctx.train.data import read_records
+
+
+@dataclass
+class ExtendConfig:
+    method: str = "cream"  # cream | pose | randpos | full
+    model: str = "smollm2-135m"
+    data: list[str] = field(default_factory=lambda: ["moby-dick", "sotu"])
+    out: str = "runs/cream"
+    target_length: int = 32768
+    train_length: int | None = None  # default: the model's own positions
+    rope: str = "linear"  # linear | ntk | yarn
+    steps: int = 100
+    lr: float = 2e-5
+    warmup: int = 10
+    batch_size: int = 1
+    seed: int = 0
+    dtype: str = "bf16"
+    save_every: int = 50
+    stop_after: int | None = None
+    sigma: float = 3.0
+
+
+def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
+    """Fine-tune ``cfg.model`` for ``cfg.target_length`` positions; resumes from ``cfg.out``."""
+    from longctx.models import load_model
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
+    N = cfg.train_length or compat.max_positions(model)
+    scale_rope(compat.text_config(model), cfg.target_length, cfg.rope)
+    compat.refresh_rotary(model)
+    collate = PositionCollator(cfg.method, N, cfg.target_length, seed=cfg.seed, sigma=cfg.sigma)
+    eos = tokenizer.eos_token_id
+    docs = []
+    for rec in read_records(cfg.data):
+        ids = tokenizer(rec["text"], add_special_tokens=False).input_ids + [eos]
+        if len(ids) >= N:
+            docs.append(ids)
+    if not docs:
+        raise ValueError(f"no document of at least {N} tokens in {cfg.data}")
+    model.train()
+    trainable = TrainableParams(model)
+    opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr)
+    start = 0
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, trainable, opt)["step"]
+    (out / "extend_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    log = (out / "log.jsonl").open("a")
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
+    device = compat.embed_tokens(model).weight.device
+    for step in tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"extend ({cfg.method})"):
+        t = time.perf_counter()
+        picks = [docs[(step * cfg.batch_size + i) % len(docs)] for i in range(cfg.batch_size)]
+        batch = {k: v.to(device) for k, v in collate_at(collate, picks, step * cfg.batch_size).items()}
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log.write(json.dumps({"step": step + 1, "loss": float(loss.detach()), "seconds": time.perf_counter() - t,
+                              "positions_max": int(batch["position_ids"].max())}) + "\n")
+        log.flush()
+        if (step + 1) % cfg.save_every == 0 or step + 1 == end:
+            save_checkpoint(out, step + 1, trainable, opt, {"seed": cfg.seed, "method": cfg.method})
+    model.eval()
+    if end == cfg.steps:
+        model.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+    return out
+
+
+def collate_at(collate: PositionCollator, docs: list[list[int]], first_index: int) -> dict[str, torch.Tensor]:
+    """Samples numbered from ``first_index`` (so a resumed run draws what it would have drawn)."""
+    samples = [collate.sample(d, first_index + i) for i, d in enumerate(docs)]
+    ids = torch.tensor([s.input_ids for s in samples])
+    return {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.tensor([s.position_ids for s in samples])}
