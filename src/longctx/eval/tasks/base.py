@@ -23,6 +23,7 @@ class Item:
     max_new_tokens: int = 24
     tail: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    answer_prefix: str = ""  # already in the prompt; prepended to the output before scoring
 
 
 def sentence_tokens(tok: Any, text: str) -> list[list[int]]:
@@ -63,17 +64,18 @@ def insert_at_depths(filler: list[int], bounds: list[int], inserts: list[tuple[f
     return out, offsets
 
 
-def chat_prompt(tok: Any, context_ids: list[int], question: str) -> tuple[list[int], int]:
-    """Prompt ids ``pre + context + mid + question + post``; returns ids and the context's offset."""
+def chat_prompt(tok: Any, context_ids: list[int], question: str, answer_prefix: str = "") -> tuple[list[int], int]:
+    """Prompt ids ``pre + context + mid + question + post (+ the start of the answer)``;
+    returns ids and the context's offset."""
     parts = chat_parts(tok)
     pre = tok(parts["pre"], add_special_tokens=False).input_ids if parts["pre"] else []
-    suffix = tok(parts["mid"] + question + parts["post"], add_special_tokens=False).input_ids
+    suffix = tok(parts["mid"] + question + parts["post"] + answer_prefix, add_special_tokens=False).input_ids
     return pre + context_ids + suffix, len(pre)
 
 
-def overhead(tok: Any, question: str) -> int:
+def overhead(tok: Any, question: str, answer_prefix: str = "") -> int:
     """Prompt tokens that are not context."""
-    ids, _ = chat_prompt(tok, [], question)
+    ids, _ = chat_prompt(tok, [], question, answer_prefix)
     return len(ids)
 
 

@@ -16,7 +16,9 @@ NOUNS = ["saffron", "cinnamon", "juniper", "anchovy", "pepper", "nutmeg", "thyme
 
 def passkey(tok: Any, length: int, samples: int, seed: int, depths: list[float] | None = None) -> list[Item]:
     """A random 5-digit number hidden at a depth of repeated filler (exact-match scoring)."""
-    question = "What is the pass key? The pass key is"
+    question = ("There is a pass key hidden in the text above. What is the pass key? "
+                "Answer with the number only.")
+    prefix = "The pass key is"
     sents = sentence_tokens(tok, PASSKEY_FILLER)
     items = []
     depths = depths or [round(i / max(samples - 1, 1), 3) for i in range(samples)]
@@ -24,12 +26,13 @@ def passkey(tok: Any, length: int, samples: int, seed: int, depths: list[float] 
         r = rng_for(seed, "passkey", length, s)
         key = str(r.randint(10000, 99999))
         needle = tok(f" The pass key is {key}. Remember it. {key} is the pass key.", add_special_tokens=False).input_ids
-        n_ctx = length - overhead(tok, question) - len(needle)
+        n_ctx = length - overhead(tok, question, prefix) - len(needle)
         filler, bounds = fill(sents, n_ctx)
         ctx, offs = insert_at_depths(filler, bounds, [(d, needle)])
-        ids, base = chat_prompt(tok, ctx, question)
+        ids, base = chat_prompt(tok, ctx, question, prefix)
         items.append(Item("passkey", f"passkey-{length}-{s}", length, "gen", ids, key, "contains", 12,
-                          meta={"depth": d, "needle_offset": base + offs[0], "context_tokens": len(ctx)}))
+                          meta={"depth": d, "needle_offset": base + offs[0], "context_tokens": len(ctx)},
+                          answer_prefix=prefix))
     return items
 
 
@@ -41,7 +44,8 @@ def needle(tok: Any, length: int, samples: int, seed: int, text: str | None = No
 
         text = moby_dick()
     sents = sentence_tokens(tok, text[: max(200_000, length * 6)])
-    question = "What is the secret ingredient of the cook's chowder?"
+    question = "What is the secret ingredient of the cook's chowder, according to the text above?"
+    prefix = "The secret ingredient of the cook's chowder is"
     depths = depths or [round(i / max(samples - 1, 1), 3) for i in range(samples)]
     items = []
     for s, d in enumerate(depths):
@@ -50,12 +54,12 @@ def needle(tok: Any, length: int, samples: int, seed: int, text: str | None = No
         fact = f" The secret ingredient of the cook's chowder is {word}."
         answer = f"The secret ingredient of the cook's chowder is {word}."
         nid = tok(fact, add_special_tokens=False).input_ids
-        n_ctx = length - overhead(tok, question) - len(nid)
+        n_ctx = length - overhead(tok, question, prefix) - len(nid)
         filler, bounds = fill(sents, n_ctx, start=r.randrange(len(sents)))
         ctx, offs = insert_at_depths(filler, bounds, [(d, nid)])
-        ids, base = chat_prompt(tok, ctx, question)
+        ids, base = chat_prompt(tok, ctx, question, prefix)
         items.append(Item("needle", f"needle-{length}-{s}", length, "gen", ids, answer, "rouge_l_recall", 24,
-                          meta={"depth": d, "word": word, "needle_offset": base + offs[0]}))
+                          meta={"depth": d, "word": word, "needle_offset": base + offs[0]}, answer_prefix=prefix))
     return items
 
 
@@ -134,14 +138,15 @@ def lines(tok: Any, length: int, samples: int, seed: int, positions: list[float]
         values = [r.randint(1000, 49999) for _ in range(n)]
         text = "".join(f"line {a}: REGISTER_CONTENT is <{v}>\n" for a, v in zip(names, values))
         ctx = tok(text, add_special_tokens=False).input_ids
-        while len(ctx) + overhead(tok, question.format(name=names[0])) > length and n > 2:
+        while len(ctx) + overhead(tok, question.format(name=names[0]), f"The <REGISTER_CONTENT> in line {names[0]} is <") > length and n > 2:
             n -= max(1, n // 50)
             text = "".join(f"line {a}: REGISTER_CONTENT is <{v}>\n" for a, v in zip(names[:n], values[:n]))
             ctx = tok(text, add_special_tokens=False).input_ids
         k = min(n - 1, round(pos * (n - 1)))
-        ids, _ = chat_prompt(tok, ctx, question.format(name=names[k]))
+        prefix = f"The <REGISTER_CONTENT> in line {names[k]} is <"
+        ids, _ = chat_prompt(tok, ctx, question.format(name=names[k]), prefix)
         items.append(Item("lines", f"lines-{length}-{s}", length, "gen", ids, str(values[k]), "contains", 12,
-                          meta={"position": k / max(n - 1, 1), "n_lines": n}))
+                          meta={"position": k / max(n - 1, 1), "n_lines": n}, answer_prefix=prefix))
     return items
 
 
@@ -158,11 +163,12 @@ def kv(tok: Any, length: int, samples: int, seed: int, positions: list[float] | 
             keys = [str(uuid.UUID(int=r.getrandbits(128), version=4)) for _ in range(n)]
             vals = [str(uuid.UUID(int=r.getrandbits(128), version=4)) for _ in range(n)]
             ctx = tok("JSON data:\n" + json.dumps(dict(zip(keys, vals)), indent=1), add_special_tokens=False).input_ids
-            if len(ctx) + overhead(tok, question.format(k=keys[0])) <= length or n <= 2:
+            if len(ctx) + overhead(tok, question.format(k=keys[0]), f'The value of key "{keys[0]}" is "') <= length or n <= 2:
                 break
             n -= max(1, n // 20)
         k = min(n - 1, round(pos * (n - 1)))
-        ids, _ = chat_prompt(tok, ctx, question.format(k=keys[k]))
+        prefix = f'The value of key "{keys[k]}" is "'
+        ids, _ = chat_prompt(tok, ctx, question.format(k=keys[k]), prefix)
         items.append(Item("kv", f"kv-{length}-{s}", length, "gen", ids, vals[k], "contains", 40,
-                          meta={"position": k / max(n - 1, 1), "n_pairs": n}))
+                          meta={"position": k / max(n - 1, 1), "n_pairs": n}, answer_prefix=prefix))
     return items
