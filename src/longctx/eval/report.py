@@ -34,7 +34,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     tasks = sorted({k[0] for k in s})
     kinds = [k for k in ("full", "truncate", "streaming", "beacon") if any(x[1] == k for x in s)]
     lengths = sorted({k[2] for k in s})
-    labels = {r["kind"]: r["method"] for r in rows}
+    labels = {(r["kind"], r["length"]): r["method"] for r in rows}
     lines = []
     for task in tasks:
         metric = "perplexity (lower is better)" if any("ppl" in v for k, v in s.items() if k[0] == task) else "score % (higher is better)"
@@ -46,7 +46,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             for L in lengths:
                 v = s.get((task, kind, L))
                 cells.append("-" if v is None else (f"{v['ppl']:.2f}" if "ppl" in v else f"{v['score']:.0f} (n={v['n']})"))
-            lines.append(f"| {labels.get(kind, kind)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+        names = {k: ", ".join(f"{labels[(k, L)]} at {L}" for L in lengths if (k, L) in labels) for k in kinds}
+        lines.append("\n" + "; ".join(f"{k}: {v}" for k, v in names.items() if k != "full") + "\n")
     return "\n".join(lines) + "\n"
 
 
