@@ -36,13 +36,20 @@ def _add_beacon_args(p: argparse.ArgumentParser, ratios=None, mix=None) -> None:
     g.add_argument("--sink", type=int, default=None, help="first tokens kept ahead of the memory")
 
 
+def adapter_source(args: argparse.Namespace) -> str | None:
+    """--adapter, else the shipped adapter of the embedded default if present, else None."""
+    shipped = SHIPPED_ADAPTERS.get(args.model)
+    if args.adapter:
+        return args.adapter
+    return str(shipped) if shipped and (shipped / "adapter.safetensors").exists() else None
+
+
 def build_beacon(args: argparse.Namespace):
     """Load the model and attach the adapter chosen by the options; returns (BeaconModel, note)."""
     from longctx import BeaconAdapter, BeaconConfig, BeaconModel, load_model
 
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
-    source = args.adapter or (str(SHIPPED_ADAPTERS[args.model]) if args.model in SHIPPED_ADAPTERS
-                              and (SHIPPED_ADAPTERS[args.model] / "adapter.safetensors").exists() else None)
+    source = adapter_source(args)
     if source:
         adapter = BeaconAdapter.load(source, model)
         note = f"adapter: {source}"
@@ -209,8 +216,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from longctx.eval.report import write_report
 
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
-    source = args.adapter or (str(SHIPPED_ADAPTERS[args.model]) if args.model in SHIPPED_ADAPTERS
-                              and (SHIPPED_ADAPTERS[args.model] / "adapter.safetensors").exists() else None)
+    source = adapter_source(args)
     adapter = BeaconAdapter.load(source, model) if source else None
     kw = {}
     if args.data:
