@@ -124,9 +124,11 @@ class PositionCollator:
         fn = SAMPLERS[self.method]
         return fn(doc, self.N, self.L, rng, self.sigma) if self.method == "cream" else fn(doc, self.N, self.L, rng)
 
-    def __call__(self, docs: list[list[int]]):
+    def __call__(self, docs: list[list[int]], first_index: int | None = None):
+        """A batch; samples are numbered from ``first_index`` (default: continue the count)."""
         import torch
 
-        samples = [self.sample(d) for d in docs]
+        start = self.count if first_index is None else first_index
+        samples = [self.sample(d, start + i) for i, d in enumerate(docs)]
         ids = torch.tensor([s.input_ids for s in samples])
         return {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.tensor([s.position_ids for s in samples])}

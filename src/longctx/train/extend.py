@@ -76,7 +76,7 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
     for step in tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"extend ({cfg.method})"):
         t = time.perf_counter()
         picks = [docs[(step * cfg.batch_size + i) % len(docs)] for i in range(cfg.batch_size)]
-        batch = {k: v.to(device) for k, v in collate_at(collate, picks, step * cfg.batch_size).items()}
+        batch = {k: v.to(device) for k, v in collate(picks, step * cfg.batch_size).items()}
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
@@ -96,9 +96,3 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
         tokenizer.save_pretrained(out / "model")
     return out
 
-
-def collate_at(collate: PositionCollator, docs: list[list[int]], first_index: int) -> dict[str, torch.Tensor]:
-    """Samples numbered from ``first_index`` (so a resumed run draws what it would have drawn)."""
-    samples = [collate.sample(d, first_index + i) for i, d in enumerate(docs)]
-    ids = torch.tensor([s.input_ids for s in samples])
-    return {"input_ids": ids, "labels": ids.clone(), "position_ids": torch.tensor([s.position_ids for s in samples])}
