@@ -37,6 +37,29 @@ def run(model, adapter, ids, pieces=None):
         bm.detach()
 
 
+def loss_and_grads(model, adapter, ids):
+    bm = BeaconModel(model, adapter=adapter)
+    try:
+        bm.freeze_base()
+        loss = bm(ids, labels=ids, logits="none").loss
+        loss.backward()
+        grads = {k: p.grad.float().cpu() for k, p in adapter.named_parameters() if p.grad is not None}
+        return loss.item(), grads
+    finally:
+        bm.detach()
+
+
+def grad_diff(cpu_model, ad, ids, device) -> dict[str, float]:
+    """Training path (window attention backward) on ``device`` in fp32 against the CPU in fp32."""
+    ref_loss, ref = loss_and_grads(copy.deepcopy(cpu_model), copy.deepcopy(ad), ids)
+    gm = copy.deepcopy(cpu_model).to(device)
+    gad = BeaconAdapter.from_model(gm, ad.config)
+    gad.load_state_dict(ad.state_dict())
+    loss, got = loss_and_grads(gm, gad, ids.to(device))
+    rel = max(((got[k] - ref[k]).norm() / ref[k].norm().clamp_min(1e-12)).item() for k in ref)
+    return {"loss_diff": abs(loss - ref_loss), "max_rel_grad_diff": rel, "n_grads": len(got)}
+
+
 def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"# device: {device}", flush=True)
@@ -56,6 +79,7 @@ def main() -> None:
             name = "fp32" if dtype == torch.float32 else "bf16"
             row[f"{device}_{name}_vs_cpu_fp32"] = (whole - ref).abs().max().item()
             row[f"{device}_{name}_pieces_vs_whole"] = (pieces - whole).abs().max().item()
+        row[f"{device}_fp32_grad_vs_cpu_fp32"] = grad_diff(cpu_model, ad, ids, device)
         results.append(row)
         print(json.dumps(row), flush=True)
 

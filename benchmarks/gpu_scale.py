@@ -17,29 +17,7 @@ from pathlib import Path
 import torch
 
 from longctx import BeaconAdapter, BeaconConfig, BeaconModel
-from longctx.bench import bench_beacon, bench_full, markdown_table
-
-SHAPES = {
-    "llama3-8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
-                      max_position_embeddings=131072),
-    "qwen2-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rope_theta=1000000.0,
-                     max_position_embeddings=131072),
-    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0,
-                         max_position_embeddings=8192, tie_word_embeddings=True),
-}
-
-
-def build(shape: str, attn: str, device: str, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    spec = dict(SHAPES[shape])
-    cfg = AutoConfig.for_model(spec.pop("model_type"), **spec)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
-    return model.eval()
+from longctx.bench import SHAPES, bench_beacon, bench_full, markdown_table, random_model
 
 
 def main() -> None:
@@ -62,7 +40,7 @@ def main() -> None:
     except ImportError:
         print("# flash_attn is not installed: full attention measured with SDPA only", flush=True)
     t = time.perf_counter()
-    model = build(args.shape, "sdpa", args.device, dtype)
+    model = random_model(args.shape, args.device, dtype, "sdpa")
     env = {"shape": args.shape, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
            "torch": torch.__version__, "dtype": args.dtype, "init_s": round(time.perf_counter() - t, 1)}
     print("# env", json.dumps(env), flush=True)

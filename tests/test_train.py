@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from longctx.train import TrainConfig, train
-from longctx.train.data import chat_example, group_by_windows, make_sequences
+from longctx.train.data import chat_example, group_by_windows, make_sequences, retrieval_sequences
 
 from tiny import tiny_model
 
@@ -128,3 +128,26 @@ def test_sequences_and_window_groups(tok):
     for b in batches:
         assert len({-(-lens[i] // 128) for i in b}) == 1
     assert batches == group_by_windows(lens, window=128, batch_size=2, seed=0)
+
+
+def test_retrieval_sequences_hide_the_answer_in_the_context(tok):
+    from longctx.data import moby_dick
+
+    seqs = retrieval_sequences(tok, 6, 300, 500, seed=3, texts=[moby_dick()[:50_000]])
+    assert seqs == retrieval_sequences(tok, 6, 300, 500, seed=3, texts=[moby_dick()[:50_000]])
+    for s in seqs:
+        ids, labels = s["input_ids"], s["labels"]
+        assert 300 <= len(ids) <= 500 and len(ids) == len(labels)
+        n_answer = sum(lab != -100 for lab in labels)
+        assert labels[: len(ids) - n_answer] == [-100] * (len(ids) - n_answer)  # loss on the answer only
+        key = tok.decode(ids[len(ids) - n_answer :]).strip(" .")
+        assert key.isdigit() and len(key) == 5
+        prompt = tok.decode(ids[: len(ids) - n_answer])
+        question_at = prompt.rindex("\n\n")  # context, blank line, question
+        assert key in prompt[:question_at] and key not in prompt[question_at:]  # the fact sits in the context
+
+
+def test_training_with_retrieval_data(tok, corpus, tmp_path):
+    c = cfg(corpus, tmp_path / "r", retrieval=4, steps=2, save_every=2)
+    out = train(c, small(tok), tok)
+    assert (out / "adapter" / "adapter.safetensors").exists()

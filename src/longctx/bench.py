@@ -21,6 +21,33 @@ import torch
 
 from longctx import compat
 
+# Real model shapes for speed/memory benchmarks with random weights (timing needs no trained weights).
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama3-8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
+                      max_position_embeddings=131072),
+    "llama3.2-1b": dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
+                        max_position_embeddings=131072, tie_word_embeddings=True),
+    "qwen2-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rope_theta=1000000.0,
+                     max_position_embeddings=131072),
+    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0,
+                         max_position_embeddings=8192, tie_word_embeddings=True),
+}
+
+
+def random_model(shape: str, device: str = "cpu", dtype: torch.dtype = torch.bfloat16, attn: str = "sdpa"):
+    """A randomly initialised model of one of ``SHAPES``, built directly on ``device``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(SHAPES[shape])
+    cfg = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+    return model.eval()
+
 
 class PeakRSS:
     """Samples the process's resident memory in a thread; ``peak_mb`` after the block."""

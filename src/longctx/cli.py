@@ -19,7 +19,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="hub id, local directory, or the embedded default 'smollm2-135m' (default)")
     g.add_argument("--adapter", default=None,
                    help="beacon adapter directory or hub id; default: the shipped adapter for the embedded "
-                        "model if present, else a copy-initialised (untrained) adapter")
+                        "model if present, else a copy-initialised (untrained) adapter; 'copy-init' forces the latter")
     g.add_argument("--dtype", default="auto", help="bf16 (default), fp16 or fp32")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--attn", default="sdpa", help="attention implementation of the base model (default sdpa)")
@@ -37,8 +37,11 @@ def _add_beacon_args(p: argparse.ArgumentParser, ratios=None, mix=None) -> None:
 
 
 def adapter_source(args: argparse.Namespace) -> str | None:
-    """--adapter, else the shipped adapter of the embedded default if present, else None."""
+    """--adapter, else the shipped adapter of the embedded default if present, else None
+    (``--adapter copy-init``: the untrained, copy-initialised adapter on purpose)."""
     shipped = SHIPPED_ADAPTERS.get(args.model)
+    if args.adapter == "copy-init":
+        return None
     if args.adapter:
         return args.adapter
     return str(shipped) if shipped and (shipped / "adapter.safetensors").exists() else None
@@ -223,7 +226,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         kw["data"] = args.data
     if args.text:
         kw["text"] = read_text(args.text)
-        kw["documents"] = [(args.text, kw["text"])]
+        half = kw["text"][len(kw["text"]) // 2 :]
+        kw["documents"] = [(f"{Path(args.text).stem}-start", kw["text"]), (f"{Path(args.text).stem}-middle", half)]
+    if args.depths:
+        kw["depths"] = kw["positions"] = args.depths
     out = Path(args.out or f"runs/eval/{args.task}")
     run_eval(args.task, model, tok, out, methods=args.methods, lengths=args.lengths, samples=args.samples,
              seed=args.seed, window=args.window, ratio=args.ratio, adapter=adapter,
@@ -255,7 +261,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in ("model", "data", "out", "adapter", "window", "ratios", "ratio_mix",
                                                 "min_length", "max_length", "batch_size", "steps", "lr", "seed",
-                                                "save_every", "stop_after", "dtype")}
+                                                "save_every", "stop_after", "dtype", "retrieval")}
     if args.checkpointing:
         overrides["checkpointing"] = True
     cfg = TrainConfig.from_yaml(args.recipe, **overrides) if args.recipe else TrainConfig(
@@ -321,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=int, default=8, help="beacon ratio that sets the equal KV budget")
     p.add_argument("--max-full-length", type=int, default=None, help="skip full attention above this length")
     p.add_argument("--data", default=None, help="LongBench-format jsonl for the longbench task")
-    p.add_argument("--text", default=None, help="a local text (file or 'moby-dick') for needle/ppl")
+    p.add_argument("--text", default=None,
+                   help="a local text (file, 'moby-dick' or 'sotu-heldout') for needle/ppl (ppl: from its start and middle)")
+    p.add_argument("--depths", type=float, nargs="+", default=None,
+                   help="passkey/needle depths or lines/kv positions (0..1), one item each (default: --samples spread)")
     p.add_argument("--out", default=None, help="results folder (default runs/eval/TASK); reruns resume")
     _add_model_args(p)
     p.set_defaults(func=cmd_eval)
@@ -349,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (atomic)")
     p.add_argument("--stop-after", type=int, default=None, help="end this run after N steps (resume later)")
     p.add_argument("--dtype", default=None, help="base model dtype (bf16 default)")
+    p.add_argument("--retrieval", type=int, default=None,
+                   help="add N synthetic retrieval sequences (a fact hidden in filler, loss on the answer)")
     p.add_argument("--checkpointing", action="store_true", help="non-reentrant activation checkpointing")
     p.set_defaults(func=cmd_train)
 

@@ -201,16 +201,26 @@ def rope_rotate(keys: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Ten
 
 
 # ----------------------------------------------------------------------------- attention
+def _flash_with_lse(query: torch.Tensor):
+    """The flash kernel that also returns the log-sum-exp: CPU any dtype, CUDA fp16/bf16 only."""
+    if query.device.type == "cpu":
+        return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if query.device.type == "cuda" and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
+        return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention", None)
+    return None
+
+
 def _prefix_causal(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
     """Queries are the last rows of the keys: full attention to the prefix, causal on the rest.
 
-    On CPU without gradients, two flash calls (prefix unmasked, square causal) merged by
-    their log-sum-exp skip the masked half instead of computing a masked rectangle.
+    Without gradients (CPU, or CUDA in half precision), two flash calls (prefix unmasked,
+    square causal) merged by their log-sum-exp skip the masked half instead of computing a
+    masked rectangle.
     """
     q_len, kv_len = query.shape[2], key.shape[2]
     groups = query.shape[1] // key.shape[1]
-    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if query.device.type == "cpu" and flash is not None and not torch.is_grad_enabled():
+    flash = _flash_with_lse(query)
+    if flash is not None and not torch.is_grad_enabled():
         if groups > 1:
             key = key.repeat_interleave(groups, dim=1)
             value = value.repeat_interleave(groups, dim=1)
@@ -233,9 +243,13 @@ def _prefix_causal(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
 
 
-def _small_query(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
-                 mask: torch.Tensor | None) -> torch.Tensor:
-    """A few queries (decoding): two batched matmuls; the CPU flash kernel is slow for q=1."""
+def _matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
+                      mask: torch.Tensor | None) -> torch.Tensor:
+    """Two batched matmuls with an fp32 softmax, causal over the last ``q`` keys unless ``mask``.
+
+    Used for a few queries (decoding: the CPU flash kernel is slow for q=1) and for training
+    windows on CPU, where the flash kernel's backward is several times slower than matmuls.
+    """
     B, H, q, D = query.shape
     KH, kv = key.shape[1], key.shape[2]
     G = H // KH
@@ -245,11 +259,12 @@ def _small_query(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sc
     elif q > 1:
         causal = torch.ones(q, kv, dtype=torch.bool, device=query.device).tril(kv - q)
         scores = scores.masked_fill(~causal, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).view(B, KH, G * q, kv)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype).view(B, KH, G * q, kv)
     return torch.matmul(probs, value).view(B, H, q, D)
 
 
 SMALL_QUERY = 16
+MATMUL_TRAIN_SCORES = 2**26  # score elements per batch row under which CPU training uses matmul attention
 
 
 def beacon_attention(
@@ -273,8 +288,10 @@ def beacon_attention(
         mask = mask.to(query.device)
     q_len, kv_len = query.shape[2], key.shape[2]
     gqa = query.shape[1] != key.shape[1]
-    if q_len <= SMALL_QUERY and (mask is None or mask.shape[0] == query.shape[0]):
-        out = _small_query(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5, mask)
+    small = q_len <= SMALL_QUERY or (
+        query.device.type == "cpu" and torch.is_grad_enabled() and query.shape[1] * q_len * kv_len <= MATMUL_TRAIN_SCORES)
+    if small and (mask is None or mask.shape[0] == query.shape[0]):
+        out = _matmul_attention(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5, mask)
     elif mask is not None:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=gqa)
     elif q_len == kv_len:

@@ -89,3 +89,49 @@ def group_by_windows(lengths: list[int], window: int, batch_size: int, seed: int
         batches += [idx[i : i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+RETRIEVAL_TEMPLATES = [  # (needle, question, answer prefix); {k} is the value, {n} a name
+    (" The pass key is {k}. Remember it. {k} is the pass key.",
+     "There is a pass key hidden in the text above. What is the pass key? Answer with the number only.",
+     "The pass key is"),
+    (" The special magic number for {n} is {k}.",
+     "What is the special magic number for {n} mentioned in the text above?",
+     "The special magic number for {n} is"),
+    (" Note: the code for the {n} locker is {k}.",
+     "What is the code for the {n} locker? Answer with the number only.",
+     "The code for the {n} locker is"),
+]
+
+
+def retrieval_sequences(tok: Any, n: int, min_length: int, max_length: int, seed: int,
+                        texts: list[str]) -> list[dict]:
+    """Synthetic retrieval examples: a fact hidden at a random depth of filler (repeated plain
+    sentences or a slice of ``texts``), a question at the end as a chat turn, loss on the answer
+    only. Lengths are drawn in ``[min_length, max_length]`` so the fact mostly lies outside the
+    last window and can only be recalled through the compressed memory."""
+    from longctx.eval.tasks.base import chat_prompt, fill, insert_at_depths, overhead, rng_for, sentence_tokens
+    from longctx.eval.tasks.synthetic import NOUNS, PASSKEY_FILLER
+
+    plain = sentence_tokens(tok, PASSKEY_FILLER)
+    out = []
+    for i in range(n):
+        r = rng_for(seed, "retrieval", i)
+        needle_t, question_t, prefix_t = r.choice(RETRIEVAL_TEMPLATES)
+        name, key = r.choice(NOUNS), str(r.randint(10000, 99999))
+        needle = tok(needle_t.format(k=key, n=name), add_special_tokens=False).input_ids
+        question, prefix = question_t.format(n=name), prefix_t.format(n=name)
+        answer = tok(f" {key}.", add_special_tokens=False).input_ids
+        length = r.randint(min_length, max_length)
+        n_ctx = length - overhead(tok, question, prefix) - len(needle) - len(answer)
+        if texts and r.random() < 0.5:
+            text = r.choice(texts)
+            start = r.randrange(max(1, len(text) - 8 * n_ctx))
+            sents = sentence_tokens(tok, text[start : start + 8 * n_ctx])
+        else:
+            sents = plain
+        filler, bounds = fill(sents, n_ctx, start=r.randrange(len(sents)))
+        ctx, _ = insert_at_depths(filler, bounds, [(r.uniform(0.0, 0.9), needle)])
+        ids, _ = chat_prompt(tok, ctx, question, prefix)
+        out.append({"input_ids": ids + answer, "labels": [-100] * len(ids) + answer, "source": "retrieval"})
+    return out

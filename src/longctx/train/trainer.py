@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
 from longctx.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from longctx.train.data import group_by_windows, make_sequences, read_records
+from longctx.train.data import group_by_windows, make_sequences, read_records, retrieval_sequences
 
 
 @dataclass
@@ -56,6 +56,7 @@ class TrainConfig:
     log_every: int = 1
     stop_after: int | None = None  # end this run after this many steps (resume later)
     holdout: list[str] = field(default_factory=list)  # sources never trained on (substring match)
+    retrieval: int = 0  # synthetic retrieval sequences added to the text (loss on the answers only)
     every_rank_writes: bool = False  # each rank writes its own log and final adapter (checks; separate outs)
 
     @classmethod
@@ -103,6 +104,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     bm.set_checkpointing(cfg.checkpointing)
     records = [r for r in read_records(cfg.data) if not any(h in r.get("source", "") for h in cfg.holdout)]
     seqs = make_sequences(iter(records), tokenizer, cfg.min_length, cfg.max_length)
+    if cfg.retrieval:
+        texts = [r["text"] for r in records if "text" in r]
+        seqs += retrieval_sequences(tokenizer, cfg.retrieval, cfg.min_length, cfg.max_length, cfg.seed, texts)
     if not seqs:
         raise ValueError(f"no training sequences of at least {cfg.min_length} tokens in {cfg.data}")
     batches = group_by_windows([len(s["input_ids"]) for s in seqs], cfg.window, cfg.batch_size, cfg.seed)
