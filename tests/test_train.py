@@ -75,21 +75,20 @@ def test_frozen_base_model_is_unchanged(tok, corpus, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def _rank_main(rank, world, corpus, out, tok_dir, port):
+def _rank_main(rank, world, corpus, out, tok_dir, port, kw=None):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    train(cfg(corpus, f"{out}/rank{rank}", steps=3, save_every=100, every_rank_writes=True), model=small(tok),
-          tokenizer=tok)
+    kw = kw or dict(out=f"{out}/rank{rank}", save_every=100, every_rank_writes=True)
+    train(cfg(corpus, kw.pop("out", out), steps=3, **kw), model=small(tok), tokenizer=tok)
     import torch.distributed as dist
 
     dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_draw_the_same_ratios_and_end_identical(tok, corpus, tmp_path):
-    import json
+def _spawn(corpus, out, kw=None):
     import socket
 
     import torch.multiprocessing as mp
@@ -99,7 +98,30 @@ def test_two_gloo_ranks_draw_the_same_ratios_and_end_identical(tok, corpus, tmp_
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_rank_main, args=(2, str(corpus), str(tmp_path), str(smollm2_dir()), port), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, str(corpus), str(out), str(smollm2_dir()), port, kw), nprocs=2, join=True)
+
+
+def test_zero2_shards_optimizer_states_and_matches_replicated_training(tok, corpus, tmp_path):
+    _spawn(corpus, tmp_path / "plain", dict(save_every=2))
+    _spawn(corpus, tmp_path / "zero", dict(save_every=2, zero=2))
+    _spawn(corpus, tmp_path / "resumed", dict(save_every=1, zero=2, stop_after=2))  # killed after step 2 ...
+    _spawn(corpus, tmp_path / "resumed", dict(save_every=1, zero=2))  # ... and resumed
+    plain, zero, resumed = (load_file(str(tmp_path / n / "adapter" / "adapter.safetensors"))
+                            for n in ("plain", "zero", "resumed"))
+    assert all(torch.allclose(plain[k], zero[k], atol=1e-6) for k in plain)
+    assert all(torch.equal(zero[k], resumed[k]) for k in zero)
+    step = tmp_path / "zero" / "checkpoints" / "step-00000003"
+    shards = [load_file(str(step / f"optimizer-rank{r}.safetensors")) for r in (0, 1)]
+    n_params = len(plain)
+    held = [{k.split(".")[0] for k in sh} for sh in shards]
+    assert held[0] and held[1] and not held[0] & held[1]  # each state lives on exactly one rank
+    assert len(held[0] | held[1]) == n_params
+
+
+def test_two_gloo_ranks_draw_the_same_ratios_and_end_identical(tok, corpus, tmp_path):
+    import json
+
+    _spawn(corpus, tmp_path)
     logs = [[json.loads(x) for x in (tmp_path / f"rank{r}" / "log.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert len(logs[0]) == len(logs[1]) == 3
     assert [x["ratios"] for x in logs[0]] == [x["ratios"] for x in logs[1]]

@@ -261,7 +261,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in ("model", "data", "out", "adapter", "window", "ratios", "ratio_mix",
                                                 "min_length", "max_length", "batch_size", "steps", "lr", "seed",
-                                                "save_every", "stop_after", "dtype", "retrieval")}
+                                                "save_every", "stop_after", "dtype", "retrieval", "zero")}
     if args.checkpointing:
         overrides["checkpointing"] = True
     cfg = TrainConfig.from_yaml(args.recipe, **overrides) if args.recipe else TrainConfig(
@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (atomic)")
     p.add_argument("--stop-after", type=int, default=None, help="end this run after N steps (resume later)")
     p.add_argument("--dtype", default=None, help="base model dtype (bf16 default)")
+    p.add_argument("--zero", type=int, default=None, choices=[0, 2],
+                   help="2: shard adapter gradients and optimizer states across ranks (ZeRO-2)")
     p.add_argument("--retrieval", type=int, default=None,
                    help="add N synthetic retrieval sequences (a fact hidden in filler, loss on the answer)")
     p.add_argument("--checkpointing", action="store_true", help="non-reentrant activation checkpointing")

@@ -18,19 +18,15 @@ from safetensors.torch import load_file, save_file
 PREFIX = "step-"
 
 
-def save_checkpoint(out_dir: Path, step: int, adapter, optimizer: torch.optim.Optimizer, extra: dict[str, Any],
-                    keep: int = 2) -> Path:
-    """Write ``out_dir/checkpoints/step-N`` via a temporary folder renamed into place."""
-    root = Path(out_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp-{PREFIX}{step:08d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}, str(tmp / "weights.safetensors"))
-    params = list(adapter.parameters())
-    index = {id(p): i for i, p in enumerate(params)}
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _optimizer_tensors(adapter, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    index = {id(p): i for i, p in enumerate(adapter.parameters())}
     state, scalars = {}, {}
     for p, st in optimizer.state.items():
         i = index[id(p)]
@@ -39,15 +35,47 @@ def save_checkpoint(out_dir: Path, step: int, adapter, optimizer: torch.optim.Op
                 state[f"{i}.{k}"] = v.detach().cpu().contiguous()
             else:
                 scalars[f"{i}.{k}"] = float(v)
-    save_file(state or {"_empty": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
-    meta = {"step": step, "optimizer_scalars": scalars, "param_groups": [
-        {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups], **extra}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
-        shutil.rmtree(old)
+    return state or {"_empty": torch.zeros(1)}, scalars
+
+
+def save_checkpoint(out_dir: Path, step: int, adapter, optimizer: torch.optim.Optimizer, extra: dict[str, Any],
+                    keep: int = 2, rank: int = 0, world: int = 1, sharded: bool = False) -> Path:
+    """Write ``out_dir/checkpoints/step-N`` via a temporary folder renamed into place.
+
+    With ``sharded`` (ZeRO-2 optimizer states) every rank calls this and writes its own
+    ``optimizer-rankR`` files; rank 0 writes the weights and renames the folder once all are written.
+    Otherwise only rank 0 calls it.
+    """
+    root = Path(out_dir) / "checkpoints"
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{PREFIX}{step:08d}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    if sharded:
+        _barrier(world)
+    state, scalars = _optimizer_tensors(adapter, optimizer)
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    suffix = f"-rank{rank}" if sharded else ""
+    save_file(state, str(tmp / f"optimizer{suffix}.safetensors"))
+    if sharded:
+        (tmp / f"optimizer{suffix}.json").write_text(json.dumps({"optimizer_scalars": scalars, "param_groups": groups}))
+        _barrier(world)
+    if rank == 0:
+        save_file({k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()},
+                  str(tmp / "weights.safetensors"))
+        meta = {"step": step, "optimizer_scalars": scalars, "param_groups": groups, "sharded_world": world if sharded
+                else 1, **extra}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
+            shutil.rmtree(old)
+    if sharded:
+        _barrier(world)
     return final
 
 
@@ -71,14 +99,20 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, adapter, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore adapter weights and optimizer state; returns the saved counters."""
+def load_checkpoint(path: Path, adapter, optimizer: torch.optim.Optimizer, rank: int = 0,
+                    sharded: bool = False) -> dict[str, Any]:
+    """Restore adapter weights and (this rank's share of) the optimizer state; returns the counters."""
     weights = load_file(str(path / "weights.safetensors"))
     with torch.no_grad():
         for k, p in adapter.state_dict().items():
             p.copy_(weights[k])
     meta = json.loads((path / "state.json").read_text())
-    tensors = load_file(str(path / "optimizer.safetensors"))
+    if sharded != (meta.get("sharded_world", 1) > 1):
+        raise ValueError(f"{path} was written {'with' if meta.get('sharded_world', 1) > 1 else 'without'} sharded "
+                         "optimizer states (zero=2); resume with the same setting")
+    suffix = f"-rank{rank}" if sharded else ""
+    tensors = load_file(str(path / f"optimizer{suffix}.safetensors"))
+    opt_meta = json.loads((path / f"optimizer{suffix}.json").read_text()) if sharded else meta
     params = list(adapter.parameters())
     optimizer.state.clear()
     for key, v in tensors.items():
@@ -86,9 +120,9 @@ def load_checkpoint(path: Path, adapter, optimizer: torch.optim.Optimizer) -> di
             continue
         i, name = key.split(".", 1)
         optimizer.state[params[int(i)]][name] = v.to(params[int(i)].device)
-    for key, v in meta["optimizer_scalars"].items():
+    for key, v in opt_meta["optimizer_scalars"].items():
         i, name = key.split(".", 1)
         optimizer.state[params[int(i)]][name] = torch.tensor(v)
-    for g, saved in zip(optimizer.param_groups, meta["param_groups"]):
+    for g, saved in zip(optimizer.param_groups, opt_meta["param_groups"]):
         g.update(saved)
     return meta

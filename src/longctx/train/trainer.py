@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
 from longctx.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from longctx.train.data import group_by_windows, make_sequences, read_records, retrieval_sequences
+from longctx.train.zero import GradSync
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TrainConfig:
     stop_after: int | None = None  # end this run after this many steps (resume later)
     holdout: list[str] = field(default_factory=list)  # sources never trained on (substring match)
     retrieval: int = 0  # synthetic retrieval sequences added to the text (loss on the answers only)
+    zero: int = 0  # 2: shard adapter gradients and optimizer states across ranks (ZeRO-2); 0: replicate
     every_rank_writes: bool = False  # each rank writes its own log and final adapter (checks; separate outs)
 
     @classmethod
@@ -112,11 +114,12 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     batches = group_by_windows([len(s["input_ids"]) for s in seqs], cfg.window, cfg.batch_size, cfg.seed)
     if len(batches) < world:
         raise ValueError(f"{len(batches)} batches cannot feed {world} ranks")
-    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sync = GradSync(list(adapter.parameters()), rank, world, cfg.zero)
+    opt = torch.optim.AdamW(sync.local(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
-        start = load_checkpoint(ckpt, adapter, opt)["step"]
+        start = load_checkpoint(ckpt, adapter, opt, rank, sync.sharded)["step"]
     if rank == 0:
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
         print(f"trainable beacon parameters: {n_train:,} (base model frozen); {len(seqs)} sequences, "
@@ -138,14 +141,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         ratios = [s.windows_done for s in bm.memory.samples]
         drawn = _drawn_ratios(bm, ids.shape[1])
         outp.loss.backward()
-        if world > 1:
-            for p in adapter.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                    p.grad /= world
-        gnorm = float(torch.nn.utils.clip_grad_norm_(adapter.parameters(), cfg.grad_clip))
+        sync.reduce()
+        gnorm = sync.clip(cfg.grad_clip)
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        adapter.zero_grad(set_to_none=True)
+        sync.broadcast()
         dt = time.perf_counter() - t
         tokens = int(mask.sum())
         row = {"step": step + 1, "loss": float(outp.loss.detach()), "tokens": tokens, "tokens_per_s": tokens / dt,
@@ -154,8 +154,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             log.write(json.dumps(row) + "\n")
             log.flush()
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}", ratio=drawn[-1] if drawn else "-")
-        if rank == 0 and ((step + 1) % cfg.save_every == 0 or step + 1 == end):
-            save_checkpoint(out, step + 1, adapter, opt, {"seed": cfg.seed})
+        if (rank == 0 or sync.sharded) and ((step + 1) % cfg.save_every == 0 or step + 1 == end):
+            save_checkpoint(out, step + 1, adapter, opt, {"seed": cfg.seed}, rank=rank, world=world,
+                            sharded=sync.sharded)
     bar.close()
     if world > 1:
         dist.barrier()
