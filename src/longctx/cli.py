@@ -58,8 +58,8 @@ def build_beacon(args: argparse.Namespace):
         note = f"adapter: {source}"
     else:
         adapter = BeaconAdapter.from_model(model, BeaconConfig())
-        note = ("adapter: NONE TRAINED YET - using the copy-initialised beacon adapter (beacon weights are copies of "
-                "the model's own); expect poor answers until a trained adapter is shipped")
+        note = ("adapter: copy-initialised, UNTRAINED (beacon weights are copies of the model's own; no trained "
+                "adapter was given or shipped for this model): expect poor answers; train one with `longctx train`")
     changes = {"window": getattr(args, "window", None), "ratios": getattr(args, "ratios", None),
                "ratio_mix": getattr(args, "ratio_mix", None), "sink": getattr(args, "sink", None)}
     if any(v is not None for v in changes.values()):
