@@ -66,8 +66,9 @@ def save_checkpoint(out_dir: Path, step: int, adapter, optimizer: torch.optim.Op
     if rank == 0:
         save_file({k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()},
                   str(tmp / "weights.safetensors"))
-        meta = {"step": step, "optimizer_scalars": scalars, "param_groups": groups, "sharded_world": world if sharded
-                else 1, **extra}
+        meta = {"step": step, "sharded_world": world if sharded else 1, **extra}
+        if not sharded:  # sharded: each rank's scalars and groups live in its optimizer-rankR.json
+            meta.update(optimizer_scalars=scalars, param_groups=groups)
         (tmp / "state.json").write_text(json.dumps(meta, indent=2))
         if final.exists():
             shutil.rmtree(final)
