@@ -118,6 +118,31 @@ def test_budget_and_method_parsing():
     assert specs[1].budget == 4096 and specs[3].ratio == "adapt-1024"
     with pytest.raises(ValueError, match="unknown method"):
         parse_methods("magic")
+    named = parse_methods("full, cream=full@runs/c/model, cream+beacon=beacon:16@runs/c/model")
+    assert [(s.display, s.kind, s.model) for s in named] == [
+        ("full", "full", None), ("cream", "full", "runs/c/model"), ("cream+beacon", "beacon", "runs/c/model")]
+    assert named[2].ratio == 16
+    with pytest.raises(ValueError, match="distinct names"):
+        parse_methods("full,full@runs/c/model")
+
+
+def test_methods_on_other_models_side_by_side(tok, tmp_path):
+    """``NAME=KIND@PATH`` loads a second model (e.g. context-extended) and labels its rows."""
+    model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=4096)
+    other = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=4096, seed=1)
+    other.save_pretrained(tmp_path / "other")
+    docs = {"documents": [("doc", "Call me Ishmael. " * 800)]}
+    rows = run_eval("ppl", model, tok, tmp_path / "r", methods=f"full,ext=full@{tmp_path / 'other'},"
+                    f"ext+beacon=beacon:8@{tmp_path / 'other'}", lengths="1k", samples=1, window=256,
+                    task_kwargs=docs)
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"full", "ext", "ext+beacon"} and by["ext"]["kind"] == "full"
+    assert by["ext"]["nll"] != pytest.approx(by["full"]["nll"])  # really another model
+    alone = run_eval("ppl", other, tok, tmp_path / "alone", methods="full", lengths="1k", samples=1, window=256,
+                     task_kwargs=docs)
+    assert by["ext"]["nll"] == pytest.approx(alone[0]["nll"], rel=1e-5)
+    text = write_report(tmp_path / "r").read_text()
+    assert "| ext |" in text and "| ext+beacon |" in text
 
 
 def test_run_is_resumable_and_reports(tok, tmp_path):
@@ -151,3 +176,24 @@ def test_longbench_reader_and_scoring(tok, tmp_path):
     assert 0 < score(items[0], "The answer is Paris, France") < 1
     with pytest.raises(ValueError, match="--data"):
         build("longbench", tok, 1024, 1, seed=0)
+
+
+def test_full_attention_scores_a_prefix_from_the_longer_pass():
+    """Perplexity at a shorter length reuses the longer pass: same numbers as a fresh forward."""
+    from longctx.eval.methods import Full
+
+    model = tiny_model("llama")
+    ids = torch.randint(3, 128, (1, 300))
+    memo: dict = {}
+    long = Full(model, None, memo=memo)
+    long.loss(ids, 100)
+    calls = []
+    hook = model.model.register_forward_hook(lambda *a: calls.append(1))
+    short = Full(model, None, memo=memo).loss(ids[:, :200], 50)
+    assert not calls  # no forward for the prefix
+    fresh = Full(model, None).loss(ids[:, :200], 50)
+    hook.remove()
+    assert short[1] == fresh[1] == 50 and short[0] == pytest.approx(fresh[0], rel=1e-5)
+    other = ids.clone()
+    other[0, 10] += 1  # not a prefix any more: recomputed
+    assert Full(model, None, memo=memo).loss(other[:, :200], 50)[0] != pytest.approx(short[0], rel=1e-6)

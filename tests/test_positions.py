@@ -148,3 +148,50 @@ def test_extension_fine_tuning_saves_a_stock_model_and_resumes(tmp_path):
     a = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).state_dict()
     b = AutoModelForCausalLM.from_pretrained(out_b / "model", dtype=torch.float32).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_extension_trains_only_lora_and_merges_into_a_stock_model(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from longctx.data import moby_dick
+    from longctx.models import smollm2_dir
+    from longctx.train.extend import ExtendConfig, extend
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir())
+    (tmp_path / "doc.txt").write_text(moby_dick()[:3000])
+    model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=128)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = ExtendConfig(method="pose", data=[str(tmp_path / "doc.txt")], out=str(tmp_path / "out"), target_length=512,
+                       steps=3, lr=1e-2, warmup=1, dtype="fp32", lora=4, lora_targets=["q_proj", "v_proj"])
+    out = extend(cfg, model=model, tokenizer=tok)
+    assert (out / "lora" / "adapter_model.safetensors").exists()
+    fresh = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()
+    after = fresh.state_dict()
+    assert set(after) == set(before)  # no LoRA leftovers: a plain model
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".q_proj." in k or ".v_proj." in k for k in changed)
+    ids = torch.randint(3, 1000, (1, 300))
+    with torch.no_grad():
+        assert torch.allclose(fresh(ids).logits, model(ids).logits, atol=1e-5)
+
+
+def test_training_documents_are_cut_filtered_and_held_out(tmp_path):
+    from transformers import AutoTokenizer
+
+    from longctx.models import smollm2_dir
+    from longctx.train.extend import ExtendConfig, training_documents
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir())
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "long.txt").write_text("whale " * 1000)
+    (tmp_path / "keep" / "short.txt").write_text("whale " * 10)
+    (tmp_path / "keep" / "held.txt").write_text("whale " * 1000)
+    cfg = ExtendConfig(data=[str(tmp_path / "keep")], target_length=256, holdout=["held.txt"])
+    docs = training_documents(cfg, tok, 64)
+    assert all(64 <= len(d) <= 256 for d in docs)
+    n = len(tok("whale " * 1000, add_special_tokens=False).input_ids) + 1  # + EOS
+    pieces = [n - i for i in range(0, n, 256)]
+    # the long text, cut in pieces of the target length (a last piece under 64 dropped); short.txt, held.txt dropped
+    assert sorted(len(d) for d in docs) == sorted(min(256, x) for x in pieces if x >= 64)
+    with pytest.raises(ValueError, match="no document"):
+        training_documents(ExtendConfig(data=[str(tmp_path / "keep" / "short.txt")], target_length=256), tok, 64)

@@ -246,16 +246,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     cream/pose/randpos/full; checkpoints and resumes from --out."""
     from longctx.train import TrainConfig, train
 
+    method = args.method
+    if method is None and args.recipe:
+        import yaml
+
+        method = (yaml.safe_load(Path(args.recipe).read_text()) or {}).get("method")
+    args.method = method or "beacon"
     if args.method != "beacon":
         from longctx.train.extend import ExtendConfig, extend
 
-        if not args.target_length:
-            raise ValueError("--method cream/pose/randpos/full needs --target-length")
         fields = {"method": args.method, "model": args.model, "data": args.data, "out": args.out,
                   "target_length": args.target_length, "rope": args.rope, "steps": args.steps, "lr": args.lr,
                   "seed": args.seed, "save_every": args.save_every, "stop_after": args.stop_after,
-                  "dtype": args.dtype, "batch_size": args.batch_size}
-        out = extend(ExtendConfig(**{k: v for k, v in fields.items() if v is not None}))
+                  "dtype": args.dtype, "batch_size": args.batch_size, "lora": args.lora}
+        if args.checkpointing:
+            fields["checkpointing"] = True
+        cfg = ExtendConfig.from_yaml(args.recipe, **fields) if args.recipe else ExtendConfig(
+            **{k: v for k, v in fields.items() if v is not None})
+        if not args.recipe and not args.target_length:
+            raise ValueError("--method cream/pose/randpos/full needs --target-length")
+        out = extend(cfg)
         print(f"extended model in {out}/model (loads in stock transformers)")
         return 0
 
@@ -336,10 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="train a beacon adapter", description=cmd_train.__doc__)
-    p.add_argument("--method", default="beacon", choices=["beacon", "cream", "pose", "randpos", "full"],
-                   help="beacon adapter (default) or context extension by position ids")
+    p.add_argument("--method", default=None, choices=["beacon", "cream", "pose", "randpos", "full"],
+                   help="beacon adapter (default, or the recipe's) or context extension by position ids")
     p.add_argument("--target-length", type=int, default=None, help="context extension: target length L")
     p.add_argument("--rope", default=None, choices=["linear", "ntk", "yarn"], help="context extension: RoPE scaling")
+    p.add_argument("--lora", type=int, default=None, help="context extension: LoRA rank (peft); 0 = full fine-tuning")
     p.add_argument("--recipe", default=None, help="YAML recipe (recipes/*.yaml); options below override it")
     p.add_argument("--model", default=None, help="base model (default smollm2-135m)")
     p.add_argument("--data", nargs="+", default=None,

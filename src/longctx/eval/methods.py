@@ -72,13 +72,29 @@ class Method:
 
 
 class Full(Method):
+    """The stock model over the whole input. Per-token losses of the last input are kept, so a
+    shorter prefix of it (perplexity at 16K after 32K of the same document) costs no forward:
+    with causal attention its losses are exactly those of the longer pass. Pass the same ``memo``
+    dict to the instances that should share them (the harness does, per method and run)."""
+
     name = "full"
+
+    def __init__(self, model, tok, memo: dict | None = None, **kw):
+        super().__init__(model, tok)
+        self.memo = {} if memo is None else memo
 
     @torch.no_grad()
     def loss(self, ids, tail):
-        h = compat.decoder(self.model)(input_ids=ids.to(self.device)).last_hidden_state[0]
         L = ids.shape[1]
-        return _tail_nll(self.model, h[L - tail - 1 : L - 1], ids[0, L - tail :])
+        seen = self.memo.get("nll")
+        if seen is None or seen[0].shape[1] < L or not torch.equal(seen[0][:, :L], ids):
+            h = compat.decoder(self.model)(input_ids=ids.to(self.device)).last_hidden_state[0]
+            head = compat.lm_head(self.model)
+            nll = torch.cat([F.cross_entropy(head(h[i : min(i + 2048, L - 1)]).float(),
+                                             ids[0, i + 1 : i + 2049].to(h.device), reduction="none").cpu()
+                             for i in range(0, L - 1, 2048)])
+            seen = self.memo["nll"] = (ids.clone(), nll)
+        return float(seen[1][L - tail - 1 : L - 1].double().sum()), tail
 
     @torch.no_grad()
     def generate(self, ids, max_new_tokens):
@@ -221,26 +237,48 @@ class MethodSpec:
     kind: str
     ratio: int | str = 8
     budget: int | None = None
+    model: str | None = None  # run on this model (path or hub id) instead of the loaded one
+    name: str | None = None  # label in tables and plots (default: the kind)
+
+    @property
+    def display(self) -> str:
+        return self.name or self.kind
+
+
+KINDS = ("full", "truncate", "streaming", "beacon")
 
 
 def parse_methods(text: str) -> list[MethodSpec]:
-    """``full,truncate,streaming,beacon`` with optional ``:ARG`` (``beacon:16``, ``beacon:adapt-1024``,
-    ``truncate:4096``); truncate/streaming without a budget take the beacon's budget."""
+    """``[NAME=]KIND[:ARG][@MODEL]``, comma separated. KIND is full, truncate, streaming or beacon;
+    ARG a budget (``truncate:4096``) or ratio (``beacon:16``, ``beacon:adapt-1024``); ``@MODEL`` runs
+    the method on another model (e.g. a context-extended one: ``cream=full@runs/smollm2-cream/model``).
+    truncate/streaming without a budget take the beacon's budget."""
     out = []
     for part in text.split(","):
-        kind, _, arg = part.strip().partition(":")
-        if kind not in ("full", "truncate", "streaming", "beacon"):
-            raise ValueError(f"unknown method {kind!r}; use full, truncate, streaming, beacon")
+        part = part.strip()
+        name, eq, rest = part.partition("=")
+        if not eq:
+            name, rest = "", part
+        rest, _, model = rest.partition("@")
+        kind, _, arg = rest.partition(":")
+        if kind not in KINDS:
+            raise ValueError(f"unknown method {kind!r} in {part!r}; use [NAME=]KIND[:ARG][@MODEL] with KIND one of "
+                             f"{', '.join(KINDS)}")
+        extra = {"model": model or None, "name": name.strip() or None}
         if kind == "beacon":
-            out.append(MethodSpec(kind, ratio=arg if arg.startswith("adapt") else int(arg or 8)))
+            out.append(MethodSpec(kind, ratio=arg if arg.startswith("adapt") else int(arg or 8), **extra))
         else:
-            out.append(MethodSpec(kind, budget=int(arg) if arg else None))
+            out.append(MethodSpec(kind, budget=int(arg) if arg else None, **extra))
+    names = [s.display for s in out]
+    if len(set(names)) < len(names) and any(s.name or s.model for s in out):
+        raise ValueError(f"methods need distinct names, got {names}; prefix them with NAME=")
     return out
 
 
-def make_method(spec: MethodSpec, model, tok, length: int, window: int, ratio: int, adapter=None) -> Method:
+def make_method(spec: MethodSpec, model, tok, length: int, window: int, ratio: int, adapter=None,
+                memo: dict | None = None) -> Method:
     if spec.kind == "full":
-        return Full(model, tok)
+        return Full(model, tok, memo=memo)
     if spec.kind == "beacon":
         return Beacon(model, tok, adapter=adapter, ratio=spec.ratio, window=window)
     budget = spec.budget or beacon_budget(length, window, ratio)

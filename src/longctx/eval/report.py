@@ -14,11 +14,22 @@ def load(out_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _name(r: dict[str, Any]) -> str:
+    return r.get("name") or r["kind"]
+
+
+def _names(rows: list[dict[str, Any]]) -> list[str]:
+    """Method names in a stable order: the built-in kinds first, then named methods as they appear."""
+    seen = list(dict.fromkeys(_name(r) for r in rows))
+    return [k for k in ("full", "truncate", "streaming", "beacon") if k in seen] + [
+        n for n in seen if n not in ("full", "truncate", "streaming", "beacon")]
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, float]]:
-    """(task, method kind, length) -> mean score (accuracy in %) or perplexity, and count."""
+    """(task, method name, length) -> mean score (accuracy in %) or perplexity, and count."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in rows:
-        groups[(r["task"], r["kind"], r["length"])].append(r)
+        groups[(r["task"], _name(r), r["length"])].append(r)
     out = {}
     for key, rs in groups.items():
         if rs[0].get("ppl") is not None:
@@ -32,9 +43,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, 
 def markdown(rows: list[dict[str, Any]]) -> str:
     s = summary(rows)
     tasks = sorted({k[0] for k in s})
-    kinds = [k for k in ("full", "truncate", "streaming", "beacon") if any(x[1] == k for x in s)]
+    kinds = _names(rows)
     lengths = sorted({k[2] for k in s})
-    labels = {(r["kind"], r["length"]): r["method"] for r in rows}
+    labels = {(_name(r), r["length"]): r["method"] for r in rows}
     lines = []
     for task in tasks:
         metric = "perplexity (lower is better)" if any("ppl" in v for k, v in s.items() if k[0] == task) else "score % (higher is better)"
@@ -48,7 +59,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 cells.append("-" if v is None else (f"{v['ppl']:.2f}" if "ppl" in v else f"{v['score']:.0f} (n={v['n']})"))
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
         names = {k: ", ".join(f"{labels[(k, L)]} at {L}" for L in lengths if (k, L) in labels) for k in kinds}
-        lines.append("\n" + "; ".join(f"{k}: {v}" for k, v in names.items() if k != "full") + "\n")
+        notes = [f"{k}: {v}" for k, v in names.items()
+                 if k != "full" and any(labels[(k, L)] != k for L in lengths if (k, L) in labels)]
+        lines.append("\n" + "; ".join(notes) + "\n")
     return "\n".join(lines) + "\n"
 
 
@@ -64,7 +77,7 @@ def plots(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     s = summary(rows)
     for task in sorted({k[0] for k in s}):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for kind in ("full", "truncate", "streaming", "beacon"):
+        for kind in _names(rows):
             pts = sorted((k[2], v) for k, v in s.items() if k[0] == task and k[1] == kind)
             if pts:
                 ys = [v.get("ppl", v.get("score")) for _, v in pts]
@@ -86,7 +99,7 @@ def plots(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     for task in sorted({r["task"] for r in by_pos}):
         rs = [r for r in by_pos if r["task"] == task]
         key = "depth" if "depth" in rs[0] else "position"
-        kinds = sorted({r["kind"] for r in rs})
+        kinds = _names(rs)
         lengths = sorted({r["length"] for r in rs})
         depths = sorted({round(r[key], 2) for r in rs})
         fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3), squeeze=False)
@@ -94,7 +107,7 @@ def plots(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
             grid = [[float("nan")] * len(lengths) for _ in depths]
             for i, d in enumerate(depths):
                 for j, L in enumerate(lengths):
-                    cell = [r["score"] for r in rs if r["kind"] == kind and r["length"] == L and round(r[key], 2) == d]
+                    cell = [r["score"] for r in rs if _name(r) == kind and r["length"] == L and round(r[key], 2) == d]
                     if cell:
                         grid[i][j] = 100 * sum(cell) / len(cell)
             im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="lower")

@@ -60,18 +60,37 @@ def run_eval(task: str, model, tok, out_dir: str | Path, methods: str = "full,tr
     (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))
     specs = parse_methods(methods)
     rows = list(done.values())
+    others: dict[str, Any] = {}
+
+    def model_for(spec):
+        if not spec.model:
+            return model
+        if spec.model not in others:
+            from longctx import compat
+            from longctx.models import load_model
+
+            weight = compat.embed_tokens(model).weight
+            others[spec.model] = load_model(spec.model, dtype=weight.dtype, device=str(weight.device),
+                                            with_tokenizer=False)[0]
+        return others[spec.model]
+
+    memos: dict[int, dict] = {i: {} for i in range(len(specs))}  # per method, shared across lengths
+    # perplexity: longest first, so full attention scores shorter prefixes of a document from one pass
+    order = sorted(parse_lengths(lengths), reverse=task == "ppl")
     with path.open("a") as f:
-        for length in parse_lengths(lengths):
+        for length in order:
             items = build(task, tok, length, samples, seed, **(task_kwargs or {}))
-            for spec in specs:
+            for si, spec in enumerate(specs):
                 if spec.kind == "full" and max_full_length and length > max_full_length:
                     continue
-                method = None
+                method = label = None
                 try:
                     for item in tqdm(items, desc=f"{task} {spec.kind} {length}", leave=False):
                         if method is None:
-                            method = make_method(spec, model, tok, length, window, ratio, adapter)
-                        if (method.label(), item.id) in done:
+                            method = make_method(spec, model_for(spec), tok, length, window, ratio, adapter,
+                                                 memos[si])
+                            label = spec.name or method.label()
+                        if (label, item.id) in done:
                             continue
                         t = time.perf_counter()
                         ids = torch.tensor([item.ids])
@@ -85,12 +104,12 @@ def run_eval(task: str, model, tok, out_dir: str | Path, methods: str = "full,tr
                             if item.task == "needle":  # the prompt ends with the fact's opening words, so
                                 # ROUGE-L recall of the whole fact is inflated; the exact key word is the score
                                 row.update(rouge_l_recall=row["score"], score=scoring.contains(text, item.meta["word"]))
-                        row.update(task=item.task, item=item.id, method=method.label(), kind=spec.kind,
+                        row.update(task=item.task, item=item.id, method=label, kind=spec.kind, name=spec.display,
                                    length=length, prompt_tokens=len(item.ids), seconds=time.perf_counter() - t,
                                    **{k: v for k, v in item.meta.items() if isinstance(v, (int, float, str))})
                         f.write(json.dumps(row) + "\n")
                         f.flush()
-                        done[(row["method"], item.id)] = row
+                        done[(label, item.id)] = row
                         rows.append(row)
                 finally:
                     if method is not None:

@@ -1,16 +1,20 @@
 """Context extension by fine-tuning at the original length (CREAM, PoSE, RandPos, full; SPEC 3).
 
 The model's RoPE is scaled to the target length (linear by default) and it is fine-tuned on
-N-token samples whose position ids span the target length. The result is saved with
-``save_pretrained`` and reloads as a stock transformers model (no custom code).
+N-token samples whose position ids span the target length, either fully or with LoRA through
+``peft`` (``lora`` > 0). The result is saved with ``save_pretrained`` (LoRA merged into the
+weights) and reloads as a stock transformers model (no custom code). ``steps=0`` saves the
+model with only its RoPE scaled: the no-fine-tuning baseline.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +43,46 @@ class ExtendConfig:
     save_every: int = 50
     stop_after: int | None = None
     sigma: float = 3.0
+    holdout: list[str] = field(default_factory=list)  # sources never trained on (substring match)
+    lora: int = 0  # LoRA rank through peft; 0 = full fine-tuning
+    lora_alpha: int = 32
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    checkpointing: bool = False  # non-reentrant gradient checkpointing (transformers' own)
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides: Any) -> ExtendConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
+def add_lora(model, rank: int, alpha: int, targets: list[str]):
+    """Wrap ``model`` with LoRA adapters (``peft``) on ``targets``; only those train."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("LoRA fine-tuning needs peft: pip install 'peft>=0.17'") from e
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0,
+                                            task_type="CAUSAL_LM"))
+
+
+def training_documents(cfg: ExtendConfig, tokenizer, N: int) -> list[list[int]]:
+    """Token ids (EOS appended) of the training documents, cut into pieces of at most the target
+    length and at least ``N`` tokens, in a seeded shuffled order (the same for every method)."""
+    eos = tokenizer.eos_token_id
+    docs = []
+    for rec in read_records(cfg.data):
+        if "text" not in rec or any(h in rec.get("source", "") for h in cfg.holdout):
+            continue
+        ids = tokenizer(rec["text"], add_special_tokens=False).input_ids + [eos]
+        docs.extend(p for p in (ids[i : i + cfg.target_length] for i in range(0, len(ids), cfg.target_length))
+                    if len(p) >= N)
+    if not docs:
+        raise ValueError(f"no document of at least {N} tokens in {cfg.data}")
+    random.Random(cfg.seed).shuffle(docs)
+    return docs
 
 
 def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
@@ -54,16 +98,17 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
     scale_rope(compat.text_config(model), cfg.target_length, cfg.rope)
     compat.refresh_rotary(model)
     collate = PositionCollator(cfg.method, N, cfg.target_length, seed=cfg.seed, sigma=cfg.sigma)
-    eos = tokenizer.eos_token_id
-    docs = []
-    for rec in read_records(cfg.data):
-        ids = tokenizer(rec["text"], add_special_tokens=False).input_ids + [eos]
-        if len(ids) >= N:
-            docs.append(ids)
-    if not docs:
-        raise ValueError(f"no document of at least {N} tokens in {cfg.data}")
+    docs = training_documents(cfg, tokenizer, N)
+    if cfg.lora:
+        model = add_lora(model, cfg.lora, cfg.lora_alpha, cfg.lora_targets)
+    if cfg.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     trainable = TrainableParams(model)
+    n_train = sum(p.numel() for p in trainable.parameters())
+    n_all = sum(p.numel() for p in model.parameters())
+    print(f"extend ({cfg.method}, {cfg.rope} x{cfg.target_length // N}): training {n_train:,} of {n_all:,} "
+          f"parameters ({f'LoRA r={cfg.lora}' if cfg.lora else 'full'}), {len(docs)} documents of >= {N} tokens")
     opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr)
     start = 0
     ckpt = latest_checkpoint(out)
@@ -90,8 +135,14 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
         log.flush()
         if (step + 1) % cfg.save_every == 0 or step + 1 == end:
             save_checkpoint(out, step + 1, trainable, opt, {"seed": cfg.seed, "method": cfg.method})
+    log.close()
     model.eval()
     if end == cfg.steps:
+        if cfg.lora:
+            model.save_pretrained(out / "lora")  # the LoRA weights alone (safetensors)
+            model = model.merge_and_unload()
+        if cfg.checkpointing:
+            model.gradient_checkpointing_disable()
         model.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")
     return out
