@@ -195,3 +195,89 @@ def test_training_documents_are_cut_filtered_and_held_out(tmp_path):
     assert sorted(len(d) for d in docs) == sorted(min(256, x) for x in pieces if x >= 64)
     with pytest.raises(ValueError, match="no document"):
         training_documents(ExtendConfig(data=[str(tmp_path / "keep" / "short.txt")], target_length=256), tok, 64)
+
+
+def _extend_rank(rank, world, text, out, tok_dir, port):
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    from longctx.train.extend import ExtendConfig, extend
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=64)
+    extend(ExtendConfig(method="cream", data=[text], out=out, target_length=256, steps=3, lr=1e-3, warmup=1,
+                        dtype="fp32", lora=4), model=model, tokenizer=tok)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_extend_like_one_process_with_the_whole_batch(tmp_path):
+    """Data parallel: 2 ranks x batch 1 end with the same weights as 1 process x batch 2."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from longctx.data import moby_dick
+    from longctx.models import smollm2_dir
+    from longctx.train.extend import ExtendConfig, extend
+
+    text = tmp_path / "doc.txt"
+    text.write_text(moby_dick()[:20000])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_extend_rank, args=(2, str(text), str(tmp_path / "dp"), str(smollm2_dir()), port), nprocs=2, join=True)
+    a, b = (load_file(str(tmp_path / "dp" / f"rank{r}.safetensors")) for r in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # gradients were all-reduced
+    assert len((tmp_path / "dp" / "log.jsonl").read_text().splitlines()) == 3  # rank 0 logs
+    tok = AutoTokenizer.from_pretrained(smollm2_dir())
+    model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=64)
+    extend(ExtendConfig(method="cream", data=[str(text)], out=str(tmp_path / "one"), target_length=256, steps=3,
+                        lr=1e-3, warmup=1, dtype="fp32", lora=4, batch_size=2), model=model, tokenizer=tok)
+    one = model.state_dict()
+    assert all(torch.allclose(a[k], one[k], atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], tiny_model("llama", vocab_size=len(tok), max_position_embeddings=64)
+                               .state_dict()[k]) for k in a)  # and they trained
+
+
+def test_cream_middle_end_follows_the_spec_distribution():
+    """Fixed seed: the end ``e`` of the middle matches the mixture over r of uniforms on
+    [floor(h + (m-1) r/2), floor((r/2) N - h - 1)], for each case, bin by bin."""
+    k, sigma, n = L // N, 3.0, 20000
+
+    def cdf(x):
+        return 0.5 * (1 + math.erf((x - (k + 1)) / (sigma * math.sqrt(2))))
+
+    # r = floor(x): mass below the grid clamps to 2, above it to 2k
+    p_r = {r: cdf(r + 1) - (0.0 if r == 2 else cdf(r)) for r in range(2, 2 * k)}
+    p_r[2 * k] = 1 - cdf(2 * k)
+    draws: dict[str, list[int]] = {"relativity": [], "continuity": []}
+    doc = list(range(5000))
+    for i in range(n):
+        s = cream(doc, N, L, random.Random(f"e/{i}"))
+        draws[s.meta["case"]].append(s.meta["e"])
+    for case, h in (("relativity", N // 3), ("continuity", 4 * k)):
+        m = N - 2 * h
+        pmf: dict[int, float] = {}
+        for r, pr in p_r.items():
+            lo, hi = math.floor(h + (m - 1) * r / 2), math.floor((r / 2) * N - h - 1)
+            hi = max(lo, hi)
+            for e in range(lo, hi + 1):
+                pmf[e] = pmf.get(e, 0.0) + pr / (hi - lo + 1)
+        es = draws[case]
+        assert set(es) <= set(pmf) and all(e < L - h for e in es)  # the middle ends before the tail
+        edges = sorted(pmf)
+        width = len(edges) // 8 + 1
+        bins = [edges[i : i + width] for i in range(0, len(edges), width)]
+        for b in bins:
+            expected = sum(pmf[e] for e in b)
+            observed = sum(1 for e in es if b[0] <= e <= b[-1]) / len(es)
+            tol = 4 * math.sqrt(expected * (1 - expected) / len(es)) + 1e-3
+            assert abs(observed - expected) < tol, (case, b[0], b[-1], observed, expected)

@@ -23,6 +23,8 @@ from longctx import compat
 from longctx.positions import PositionCollator, scale_rope
 from longctx.train.checkpoint import TrainableParams, latest_checkpoint, load_checkpoint, save_checkpoint
 from longctx.train.data import read_records
+from longctx.train.trainer import dist_rank_world
+from longctx.train.zero import GradSync
 
 
 @dataclass
@@ -107,43 +109,54 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
     trainable = TrainableParams(model)
     n_train = sum(p.numel() for p in trainable.parameters())
     n_all = sum(p.numel() for p in model.parameters())
-    print(f"extend ({cfg.method}, {cfg.rope} x{cfg.target_length // N}): training {n_train:,} of {n_all:,} "
+    rank, world = dist_rank_world()
+    sync = GradSync(list(trainable.parameters()), rank, world, zero=0)  # data parallel: all-reduced grads
+    if rank == 0:
+        print(f"extend ({cfg.method}, {cfg.rope} x{cfg.target_length // N}): training {n_train:,} of {n_all:,} "
           f"parameters ({f'LoRA r={cfg.lora}' if cfg.lora else 'full'}), {len(docs)} documents of >= {N} tokens")
     opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr)
     start = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
         start = load_checkpoint(ckpt, trainable, opt)["step"]
-    (out / "extend_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    log = (out / "log.jsonl").open("a")
+    if rank == 0:
+        (out / "extend_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    log = (out / "log.jsonl").open("a") if rank == 0 else None
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
     device = compat.embed_tokens(model).weight.device
-    for step in tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"extend ({cfg.method})"):
+    for step in tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"extend ({cfg.method})",
+                     disable=rank != 0):
         t = time.perf_counter()
-        picks = [docs[(step * cfg.batch_size + i) % len(docs)] for i in range(cfg.batch_size)]
-        batch = {k: v.to(device) for k, v in collate(picks, step * cfg.batch_size).items()}
+        first = (step * world + rank) * cfg.batch_size  # each rank its own documents and position draws
+        picks = [docs[(first + i) % len(docs)] for i in range(cfg.batch_size)]
+        batch = {k: v.to(device) for k, v in collate(picks, first).items()}
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
             loss = model(**batch).loss
         loss.backward()
+        sync.reduce()
         torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        log.write(json.dumps({"step": step + 1, "loss": float(loss.detach()), "seconds": time.perf_counter() - t,
-                              "positions_max": int(batch["position_ids"].max())}) + "\n")
-        log.flush()
-        if (step + 1) % cfg.save_every == 0 or step + 1 == end:
+        if log is not None:
+            log.write(json.dumps({"step": step + 1, "loss": float(loss.detach()), "seconds": time.perf_counter() - t,
+                                  "positions_max": int(batch["position_ids"].max())}) + "\n")
+            log.flush()
+        if rank == 0 and ((step + 1) % cfg.save_every == 0 or step + 1 == end):
             save_checkpoint(out, step + 1, trainable, opt, {"seed": cfg.seed, "method": cfg.method})
-    log.close()
+    if log is not None:
+        log.close()
     model.eval()
     if end == cfg.steps:
         if cfg.lora:
-            model.save_pretrained(out / "lora")  # the LoRA weights alone (safetensors)
-            model = model.merge_and_unload()
+            if rank == 0:
+                model.save_pretrained(out / "lora")  # the LoRA weights alone (safetensors)
+            model = model.merge_and_unload()  # every rank: the caller's model ends merged
         if cfg.checkpointing:
             model.gradient_checkpointing_disable()
-        model.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
+        if rank == 0:
+            model.save_pretrained(out / "model")
+            tokenizer.save_pretrained(out / "model")
     return out
 

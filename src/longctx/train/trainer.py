@@ -70,7 +70,8 @@ class TrainConfig:
         return cls(**data)
 
 
-def _dist() -> tuple[int, int]:
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun/accelerate."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_initialized():
@@ -89,7 +90,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     """Train (or resume) a beacon adapter; returns the output directory with ``adapter/``."""
     from longctx.models import load_model, parse_dtype
 
-    rank, world = _dist()
+    rank, world = dist_rank_world()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
