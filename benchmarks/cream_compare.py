@@ -44,6 +44,7 @@ def main() -> None:
         ("kv-16k", "kv", extended, "16k", [0.0, 0.5, 1.0]),
         ("lines-16k", "lines", extended, "16k", [0.5]),
         ("base-8k", None, "base=full", "8k", [0.25, 0.5, 0.75]),
+        ("passkey-8k", "passkey", extended, "8k", [0.25, 0.5, 0.75]),  # what the extension kept at 8K
         ("base-16k", None, "base=full", "16k", [0.25, 0.5, 0.75]),
         ("passkey-32k", "passkey", "pose=full@{pose},cream=full@{cream},cream+beacon=beacon:8@{cream}", "32k", [0.5]),
         ("kv-32k", "kv", "pose=full@{pose},cream=full@{cream},cream+beacon=beacon:8@{cream}", "32k", [0.5]),

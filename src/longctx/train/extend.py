@@ -94,8 +94,9 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    if model is None:
-        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
+    owned = model is None
+    if owned:  # full fine-tuning keeps fp32 master weights (bf16 autocast); LoRA trains fp32 adapters
+        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype if cfg.lora else "fp32")
     N = cfg.train_length or compat.max_positions(model)
     scale_rope(compat.text_config(model), cfg.target_length, cfg.rope)
     compat.refresh_rotary(model)
@@ -113,7 +114,7 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
     sync = GradSync(list(trainable.parameters()), rank, world, zero=0)  # data parallel: all-reduced grads
     if rank == 0:
         print(f"extend ({cfg.method}, {cfg.rope} x{cfg.target_length // N}): training {n_train:,} of {n_all:,} "
-          f"parameters ({f'LoRA r={cfg.lora}' if cfg.lora else 'full'}), {len(docs)} documents of >= {N} tokens")
+              f"parameters ({f'LoRA r={cfg.lora}' if cfg.lora else 'full'}), {len(docs)} documents of >= {N} tokens")
     opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr)
     start = 0
     ckpt = latest_checkpoint(out)
@@ -156,6 +157,8 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
         if cfg.checkpointing:
             model.gradient_checkpointing_disable()
         if rank == 0:
+            if owned and not cfg.lora and cfg.dtype == "bf16":
+                model = model.to(torch.bfloat16)  # saved in the dtype asked for
             model.save_pretrained(out / "model")
             tokenizer.save_pretrained(out / "model")
     return out
