@@ -45,9 +45,9 @@ def main() -> None:
         ("lines-16k", "lines", extended, "16k", [0.5]),
         ("base-8k", None, "base=full", "8k", [0.25, 0.5, 0.75]),
         ("passkey-8k", "passkey", extended, "8k", [0.25, 0.5, 0.75]),  # what the extension kept at 8K
-        ("base-16k", None, "base=full", "16k", [0.25, 0.5, 0.75]),
-        ("passkey-32k", "passkey", "pose=full@{pose},cream=full@{cream},cream+beacon=beacon:8@{cream}", "32k", [0.5]),
         ("kv-32k", "kv", "pose=full@{pose},cream=full@{cream},cream+beacon=beacon:8@{cream}", "32k", [0.5]),
+        ("passkey-32k", "passkey", "pose=full@{pose},cream=full@{cream},cream+beacon=beacon:8@{cream}", "32k", [0.5]),
+        ("base-16k", None, "base=full", "16k", [0.25, 0.5, 0.75]),
     ]
     for name, task, methods, lengths, depths in parts:
         if args.parts and name not in args.parts:

@@ -1,5 +1,5 @@
-"""One Markdown table of the context-extension comparison (``benchmarks/cream_compare.py``):
-perplexity by length, retrieval accuracy by task, length and position, per model.
+"""Markdown tables of the context-extension comparison (``benchmarks/cream_compare.py``):
+perplexity by length; retrieval accuracy by task and length; accuracy by key position / depth.
 
     .venv/bin/python benchmarks/cream_table.py docs/results/cream
 """
@@ -7,6 +7,7 @@ perplexity by length, retrieval accuracy by task, length and position, per model
 from __future__ import annotations
 
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 from longctx.eval.report import load, summary
@@ -14,36 +15,41 @@ from longctx.eval.report import load, summary
 ORDER = ["base", "rope", "pose", "cream", "cream+beacon"]
 
 
+def _name(r: dict) -> str:
+    return r.get("name") or r["kind"]
+
+
+def _table(title: str, cols: list, names: list[str], cell) -> str:
+    lines = [f"| {title} | " + " | ".join(h for h, _ in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {n} | " + " | ".join(cell(n, k) for _, k in cols) + " |" for n in names]
+    return "\n".join(lines)
+
+
 def main(folder: str) -> None:
-    root = Path(folder)
-    cols: list[tuple[str, int, float | None]] = []  # (task, length, position or None)
-    cells: dict[tuple[str, str, int, float | None], str] = {}
-    for task_dir in sorted(p for p in root.iterdir() if (p / "results.jsonl").exists()):
-        rows = load(task_dir)
-        for (task, name, length), v in summary(rows).items():
-            if "ppl" in v:
-                cells[(name, task, length, None)] = f"{v['ppl']:.2f}"
-            else:
-                cells[(name, task, length, None)] = f"{v['score']:.0f}% ({v['n']})"
-            for r in rows:
-                if "position" in r and r.get("name", r["kind"]) == name and r["length"] == length:
-                    pos = round(r["position"], 2)
-                    same = [x["score"] for x in rows if x.get("name", x["kind"]) == name and x["length"] == length
-                            and round(x.get("position", -1), 2) == pos]
-                    cells[(name, task, length, pos)] = f"{100 * sum(same) / len(same):.0f}%"
-    keys = sorted({k[1:] for k in cells}, key=lambda k: (k[0] != "ppl", k[0], k[1], -1 if k[2] is None else k[2]))
-    cols = [k for k in keys if k[0] == "ppl" or k[2] is None or any(c[3] == k[2] for c in cells if c[1] == "kv")]
-    names = [n for n in ORDER if any(k[0] == n for k in cells)] + sorted({k[0] for k in cells} - set(ORDER))
+    rows = [r for p in sorted(Path(folder).iterdir()) if (p / "results.jsonl").exists() for r in load(p)]
+    s = summary(rows)
+    seen = {_name(r) for r in rows}
+    names = [n for n in ORDER if n in seen] + sorted(seen - set(ORDER))
+    ppl = sorted({(t, L) for t, _, L in s if t == "ppl"}, key=lambda k: k[1])
+    acc = sorted({(t, L) for t, _, L in s if t != "ppl"})
 
-    def head(k):
-        task, length, pos = k
-        what = "ppl" if task == "ppl" else task
-        return f"{what} {length // 1024}K" + (f" @{pos:g}" if pos is not None else "")
+    def fmt(n, k):
+        v = s.get((k[0], n, k[1]))
+        return "-" if v is None else (f"{v['ppl']:.2f}" if "ppl" in v else f"{v['score']:.0f}% ({v['n']})")
 
-    print("| model | " + " | ".join(head(k) for k in cols) + " |")
-    print("|---|" + "---|" * len(cols))
-    for n in names:
-        print(f"| {n} | " + " | ".join(cells.get((n, *k), "-") for k in cols) + " |")
+    out = [_table("perplexity", [(f"{L // 1024}K", k) for k in ppl for L in [k[1]]], names, fmt), ""]
+    out += [_table("accuracy (items)", [(f"{t} {L // 1024}K", (t, L)) for t, L in acc], names, fmt), ""]
+    where: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["task"] != "ppl":
+            where[(_name(r), r["task"], r["length"])][round(r.get("position", r.get("depth", -1)), 2)].append(r["score"])
+
+    def by_pos(n, k):
+        cells = where.get((n, *k))
+        return "-" if not cells else ", ".join(f"{p:g}: {100 * sum(v) / len(v):.0f}%" for p, v in sorted(cells.items()))
+
+    out += [_table("by position / depth", [(f"{t} {L // 1024}K", (t, L)) for t, L in acc], names, by_pos)]
+    print("\n".join(out))
 
 
 if __name__ == "__main__":
