@@ -10,13 +10,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from longctx.eval.report import load, summary
+from longctx.eval.report import load, method_name, summary
 
 ORDER = ["base", "rope", "pose", "cream", "cream+beacon"]
-
-
-def _name(r: dict) -> str:
-    return r.get("name") or r["kind"]
 
 
 def _table(title: str, cols: list, names: list[str], cell) -> str:
@@ -28,7 +24,7 @@ def _table(title: str, cols: list, names: list[str], cell) -> str:
 def main(folder: str) -> None:
     rows = [r for p in sorted(Path(folder).iterdir()) if (p / "results.jsonl").exists() for r in load(p)]
     s = summary(rows)
-    seen = {_name(r) for r in rows}
+    seen = {method_name(r) for r in rows}
     names = [n for n in ORDER if n in seen] + sorted(seen - set(ORDER))
     ppl = sorted({(t, L) for t, _, L in s if t == "ppl"}, key=lambda k: k[1])
     acc = sorted({(t, L) for t, _, L in s if t != "ppl"})
@@ -42,7 +38,7 @@ def main(folder: str) -> None:
     where: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["task"] != "ppl":
-            where[(_name(r), r["task"], r["length"])][round(r.get("position", r.get("depth", -1)), 2)].append(r["score"])
+            where[(method_name(r), r["task"], r["length"])][round(r.get("position", r.get("depth", -1)), 2)].append(r["score"])
 
     def by_pos(n, k):
         cells = where.get((n, *k))

@@ -14,13 +14,14 @@ def load(out_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _name(r: dict[str, Any]) -> str:
+def method_name(r: dict[str, Any]) -> str:
+    """The name a row is grouped under: its method's given name, else its kind."""
     return r.get("name") or r["kind"]
 
 
 def _names(rows: list[dict[str, Any]]) -> list[str]:
     """Method names in a stable order: the built-in kinds first, then named methods as they appear."""
-    seen = list(dict.fromkeys(_name(r) for r in rows))
+    seen = list(dict.fromkeys(method_name(r) for r in rows))
     return [k for k in ("full", "truncate", "streaming", "beacon") if k in seen] + [
         n for n in seen if n not in ("full", "truncate", "streaming", "beacon")]
 
@@ -29,7 +30,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, 
     """(task, method name, length) -> mean score (accuracy in %) or perplexity, and count."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in rows:
-        groups[(r["task"], _name(r), r["length"])].append(r)
+        groups[(r["task"], method_name(r), r["length"])].append(r)
     out = {}
     for key, rs in groups.items():
         if rs[0].get("ppl") is not None:
@@ -45,7 +46,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     tasks = sorted({k[0] for k in s})
     kinds = _names(rows)
     lengths = sorted({k[2] for k in s})
-    labels = {(_name(r), r["length"]): r["method"] for r in rows}
+    labels = {(method_name(r), r["length"]): r["method"] for r in rows}
     lines = []
     for task in tasks:
         metric = "perplexity (lower is better)" if any("ppl" in v for k, v in s.items() if k[0] == task) else "score % (higher is better)"
@@ -107,7 +108,7 @@ def plots(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
             grid = [[float("nan")] * len(lengths) for _ in depths]
             for i, d in enumerate(depths):
                 for j, L in enumerate(lengths):
-                    cell = [r["score"] for r in rs if _name(r) == kind and r["length"] == L and round(r[key], 2) == d]
+                    cell = [r["score"] for r in rs if method_name(r) == kind and r["length"] == L and round(r[key], 2) == d]
                     if cell:
                         grid[i][j] = 100 * sum(cell) / len(cell)
             im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto", origin="lower")

@@ -23,7 +23,7 @@ from longctx import compat
 from longctx.positions import PositionCollator, scale_rope
 from longctx.train.checkpoint import TrainableParams, latest_checkpoint, load_checkpoint, save_checkpoint
 from longctx.train.data import read_records
-from longctx.train.trainer import dist_rank_world
+from longctx.train.trainer import config_from_yaml, dist_rank_world
 from longctx.train.zero import GradSync
 
 
@@ -53,11 +53,7 @@ class ExtendConfig:
 
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> ExtendConfig:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        return config_from_yaml(cls, path, overrides)
 
 
 def add_lora(model, rank: int, alpha: int, targets: list[str]):

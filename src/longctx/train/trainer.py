@@ -30,6 +30,15 @@ from longctx.train.data import group_by_windows, make_sequences, read_records, r
 from longctx.train.zero import GradSync
 
 
+def config_from_yaml(cls, path: str, overrides: dict[str, Any]):
+    """A config dataclass from a YAML recipe; overrides that are not None win."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**data)
+
+
 @dataclass
 class TrainConfig:
     model: str = "smollm2-135m"
@@ -63,11 +72,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> TrainConfig:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        return config_from_yaml(cls, path, overrides)
 
 
 def dist_rank_world() -> tuple[int, int]:
