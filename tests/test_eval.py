@@ -147,9 +147,12 @@ def test_methods_on_other_models_side_by_side(tok, tmp_path):
 
 def test_run_is_resumable_and_reports(tok, tmp_path):
     model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=4096)
-    kw = dict(methods="full,truncate,streaming,beacon", lengths="1k", samples=2, window=256, ratio=8)
+    kw = dict(methods="full,truncate,streaming,beacon", lengths="1k", samples=2, window=256, ratio=8,
+              config={"adapter": "copy-initialised"})
     rows = run_eval("passkey", model, tok, tmp_path, **kw)
     assert len(rows) == 8 and {r["kind"] for r in rows} == {"full", "truncate", "streaming", "beacon"}
+    assert {r.get("adapter") for r in rows if r["kind"] == "beacon"} == {"copy-initialised"}  # provenance
+    assert all("adapter" not in r for r in rows if r["kind"] != "beacon")
     lines_before = (tmp_path / "results.jsonl").read_text().splitlines()
     rows2 = run_eval("passkey", model, tok, tmp_path, **kw)
     assert (tmp_path / "results.jsonl").read_text().splitlines() == lines_before  # nothing recomputed

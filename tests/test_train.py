@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,6 +151,11 @@ def test_sequences_and_window_groups(tok):
     for b in batches:
         assert len({-(-lens[i] // 128) for i in b}) == 1
     assert batches == group_by_windows(lens, window=128, batch_size=2, seed=0)
+    lens = [130 + 7 * i for i in range(6)] + [300 + 5 * i for i in range(6)] + [60, 70]
+    ranked = group_by_windows(lens, window=128, batch_size=1, seed=1, world=2)
+    assert len(ranked) % 2 == 0
+    for i in range(0, len(ranked), 2):  # the two ranks of a step read sequences of equal window counts
+        assert -(-lens[ranked[i][0]] // 128) == -(-lens[ranked[i + 1][0]] // 128)
 
 
 def test_retrieval_sequences_hide_the_answer_in_the_context(tok):
@@ -173,3 +179,48 @@ def test_training_with_retrieval_data(tok, corpus, tmp_path):
     c = cfg(corpus, tmp_path / "r", retrieval=4, steps=2, save_every=2)
     out = train(c, small(tok), tok)
     assert (out / "adapter" / "adapter.safetensors").exists()
+
+
+def _fsdp_rank_main(rank, world, corpus, out, tok_dir, port):
+    """One rank of FSDP training; also records how much of the base layers this rank holds."""
+    import json
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from transformers import AutoTokenizer
+
+    from longctx import compat
+    from longctx.train.fsdp import local_numel
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    model = small(tok)
+    whole = sum(p.numel() for layer in compat.layers(model) for p in layer.parameters())
+    train(cfg(corpus, f"{out}/rank{rank}", steps=3, save_every=100, every_rank_writes=True, fsdp=True,
+              checkpointing=True), model=model, tokenizer=tok)
+    base = [p for layer in compat.layers(model) for p in layer.parameters()]  # adapter detached again
+    (Path(out) / f"held{rank}.json").write_text(json.dumps({"whole": whole, "local": local_numel(base)}))
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_fsdp_shards_the_base_layers_and_trains_like_replicated_ranks(tok, corpus, tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from longctx.models import smollm2_dir
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp_rank_main, args=(2, str(corpus), str(tmp_path / "fsdp"), str(smollm2_dir()), port), nprocs=2,
+             join=True)
+    _spawn(corpus, tmp_path / "plain")
+    for r in (0, 1):
+        held = json.loads((tmp_path / "fsdp" / f"held{r}.json").read_text())
+        assert held["local"] <= held["whole"] // 2 + 64  # each rank holds about half of the layers' weights
+        plain = load_file(str(tmp_path / "plain" / f"rank{r}" / "adapter" / "adapter.safetensors"))
+        fsdp = load_file(str(tmp_path / "fsdp" / f"rank{r}" / "adapter" / "adapter.safetensors"))
+        assert all(torch.allclose(plain[k], fsdp[k], atol=1e-5) for k in plain)

@@ -211,6 +211,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def adapter_label(source: str | None) -> str:
+    """How results name an adapter: repo-relative for a shipped one, as given otherwise."""
+    if source is None:
+        return "copy-initialised"
+    root = Path(__file__).resolve().parents[2]
+    path = Path(source).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else source
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run a long-context task for several methods side by side; write JSON, a table and plots."""
     from longctx import BeaconAdapter, load_model
@@ -234,7 +243,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_eval(args.task, model, tok, out, methods=args.methods, lengths=args.lengths, samples=args.samples,
              seed=args.seed, window=args.window, ratio=args.ratio, adapter=adapter,
              max_full_length=args.max_full_length, task_kwargs=kw,
-             config={"model": args.model, "adapter": source or "copy-initialised"})
+             config={"model": args.model, "adapter": adapter_label(source)})
     report = write_report(out)
     print(report.read_text())
     print(f"results: {out}/results.jsonl, report: {report}")
@@ -272,8 +281,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("model", "data", "out", "adapter", "window", "ratios", "ratio_mix",
                                                 "min_length", "max_length", "batch_size", "steps", "lr", "seed",
                                                 "save_every", "stop_after", "dtype", "retrieval", "zero")}
-    if args.checkpointing:
-        overrides["checkpointing"] = True
+    for flag in ("checkpointing", "fsdp"):
+        if getattr(args, flag):
+            overrides[flag] = True
     cfg = TrainConfig.from_yaml(args.recipe, **overrides) if args.recipe else TrainConfig(
         **{k: v for k, v in overrides.items() if v is not None})
     out = train(cfg)
@@ -371,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="base model dtype (bf16 default)")
     p.add_argument("--zero", type=int, default=None, choices=[0, 2],
                    help="2: shard adapter gradients and optimizer states across ranks (ZeRO-2)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard the frozen base model's decoder layers across ranks (FSDP2; beacon training)")
     p.add_argument("--retrieval", type=int, default=None,
                    help="add N synthetic retrieval sequences (a fact hidden in filler, loss on the answer)")
     p.add_argument("--checkpointing", action="store_true", help="non-reentrant activation checkpointing")

@@ -76,19 +76,24 @@ def make_sequences(records: Iterator[dict[str, Any]], tok: Any, min_length: int,
     return out
 
 
-def group_by_windows(lengths: list[int], window: int, batch_size: int, seed: int) -> list[list[int]]:
-    """Batches of sequence indices with the same number of windows, in a seeded order, so every
-    rank and every batch does the same number of window steps."""
+def group_by_windows(lengths: list[int], window: int, batch_size: int, seed: int, world: int = 1) -> list[list[int]]:
+    """Batches of sequence indices with the same number of windows, in a seeded order.
+
+    Consecutive runs of ``world`` batches come from the same window count, so the ranks of a
+    step (``batches[step * world + rank]``) all do the same number of window steps, which
+    sharded (FSDP) layers need: each window step is a collective on every rank.
+    """
     buckets: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         buckets.setdefault(-(-n // window), []).append(i)
     rng = random.Random(seed)
-    batches = []
+    groups = []
     for _, idx in sorted(buckets.items()):
         rng.shuffle(idx)
-        batches += [idx[i : i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
-    rng.shuffle(batches)
-    return batches
+        batches = [idx[i : i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
+        groups += [batches[i : i + world] for i in range(0, len(batches) - world + 1, world)]
+    rng.shuffle(groups)
+    return [b for g in groups for b in g]
 
 
 RETRIEVAL_TEMPLATES = [  # (needle, question, answer prefix); {k} is the value, {n} a name

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
 from longctx.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from longctx.train.data import group_by_windows, make_sequences, read_records, retrieval_sequences
+from longctx.train.fsdp import shard_base_layers
 from longctx.train.zero import GradSync
 
 
@@ -68,6 +69,7 @@ class TrainConfig:
     holdout: list[str] = field(default_factory=list)  # sources never trained on (substring match)
     retrieval: int = 0  # synthetic retrieval sequences added to the text (loss on the answers only)
     zero: int = 0  # 2: shard adapter gradients and optimizer states across ranks (ZeRO-2); 0: replicate
+    fsdp: bool = False  # shard the frozen base model's decoder layers across ranks (FSDP2)
     every_rank_writes: bool = False  # each rank writes its own log and final adapter (checks; separate outs)
 
     @classmethod
@@ -78,6 +80,8 @@ class TrainConfig:
 def dist_rank_world() -> tuple[int, int]:
     """(rank, world size); joins the process group when launched by torchrun/accelerate."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():  # one GPU per process: "cuda" then means this rank's own card
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -108,6 +112,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     adapter.config = beacon_cfg
     bm = BeaconModel(model, tokenizer, adapter)
     n_train = bm.freeze_base()
+    if cfg.fsdp and world > 1:
+        shard_base_layers(model, adapter.parameters(), world)
     model.train()
     bm.set_checkpointing(cfg.checkpointing)
     records = [r for r in read_records(cfg.data) if not any(h in r.get("source", "") for h in cfg.holdout)]
@@ -117,7 +123,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         seqs += retrieval_sequences(tokenizer, cfg.retrieval, cfg.min_length, cfg.max_length, cfg.seed, texts)
     if not seqs:
         raise ValueError(f"no training sequences of at least {cfg.min_length} tokens in {cfg.data}")
-    batches = group_by_windows([len(s["input_ids"]) for s in seqs], cfg.window, cfg.batch_size, cfg.seed)
+    batches = group_by_windows([len(s["input_ids"]) for s in seqs], cfg.window, cfg.batch_size, cfg.seed, world)
     if len(batches) < world:
         raise ValueError(f"{len(batches)} batches cannot feed {world} ranks")
     sync = GradSync(list(adapter.parameters()), rank, world, cfg.zero)
