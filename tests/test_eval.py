@@ -200,3 +200,18 @@ def test_full_attention_scores_a_prefix_from_the_longer_pass():
     other = ids.clone()
     other[0, 10] += 1  # not a prefix any more: recomputed
     assert Full(model, None, memo=memo).loss(other[:, :200], 50)[0] != pytest.approx(short[0], rel=1e-6)
+
+
+def test_report_keeps_ratios_of_one_kind_apart_but_budgets_by_length_together():
+    from longctx.eval.report import summary
+
+    def row(method, kind, length, item, score):
+        return {"task": "passkey", "method": method, "kind": kind, "name": kind, "length": length, "item": item,
+                "score": score}
+
+    rows = [row("beacon-2", "beacon", 8192, "a", 1.0), row("beacon-32", "beacon", 8192, "a", 0.0),
+            row("truncate-1536", "truncate", 4096, "b", 1.0), row("truncate-2048", "truncate", 8192, "a", 0.0)]
+    s = summary(rows)
+    assert s[("passkey", "beacon-2", 8192)]["score"] == 100 and s[("passkey", "beacon-32", 8192)]["score"] == 0
+    assert ("passkey", "beacon", 8192) not in s  # two ratios on one item are not pooled
+    assert {k[1] for k in s if k[1].startswith("trunc")} == {"truncate"}  # one line across lengths

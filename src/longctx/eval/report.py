@@ -11,7 +11,22 @@ from typing import Any
 
 def load(out_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(out_dir) / "results.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return disambiguate([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+
+
+def disambiguate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Unnamed rows group under their kind (``truncate-1536`` at 4K and ``truncate-2048`` at 8K
+    are one ``truncate`` line) unless one item was run by several methods of that kind (say
+    ``beacon:2`` and ``beacon:32``): those rows are named by their own label. In place; returns rows."""
+    labels: dict[tuple, set[str]] = defaultdict(set)
+    for r in rows:
+        if not r.get("name") or r.get("name") == r["kind"]:
+            labels[(r["task"], r["kind"], r["length"], r["item"])].add(r["method"])
+    for r in rows:
+        if (not r.get("name") or r.get("name") == r["kind"]) and len(
+                labels[(r["task"], r["kind"], r["length"], r["item"])]) > 1:
+            r["name"] = r["method"]
+    return rows
 
 
 def method_name(r: dict[str, Any]) -> str:
@@ -28,6 +43,7 @@ def _names(rows: list[dict[str, Any]]) -> list[str]:
 
 def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, float]]:
     """(task, method name, length) -> mean score (accuracy in %) or perplexity, and count."""
+    disambiguate(rows)
     groups: dict[tuple, list] = defaultdict(list)
     for r in rows:
         groups[(r["task"], method_name(r), r["length"])].append(r)
