@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export LONGCTX_CACHE="${LONGCTX_CACHE:-$PWD/.cache}" HF_HUB_OFFLINE=1
 L="${LENGTHS:-4k,8k,16k,32k}"
+A=(); [ -n "${ADAPTER:-}" ] && A=(--adapter "$ADAPTER")   # e.g. ADAPTER=copy-init
 for task in ${TASKS:-ppl passkey needle kv lines ruler-multikey ruler-vartrack ruler-cwe}; do
   .venv/bin/longctx eval "$task" --lengths "$L" --samples "${SAMPLES:-2}" --max-full-length "${MAXFULL:-16384}" \
-    --methods "${METHODS:-full,truncate,streaming,beacon}" --out "docs/results/$task" > /dev/null
+    --methods "${METHODS:-full,truncate,streaming,beacon}" --out "docs/results/$task" "${A[@]}" > /dev/null
   echo "done $task $L $(date)"
 done
