@@ -33,7 +33,7 @@ def main(folder: str) -> None:
         v = s.get((k[0], n, k[1]))
         return "-" if v is None else (f"{v['ppl']:.2f}" if "ppl" in v else f"{v['score']:.0f}% ({v['n']})")
 
-    out = [_table("perplexity", [(f"{L // 1024}K", k) for k in ppl for L in [k[1]]], names, fmt), ""]
+    out = [_table("perplexity", [(f"{k[1] // 1024}K", k) for k in ppl], names, fmt), ""]
     out += [_table("accuracy (items)", [(f"{t} {L // 1024}K", (t, L)) for t, L in acc], names, fmt), ""]
     where: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:

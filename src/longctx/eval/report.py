@@ -18,13 +18,12 @@ def disambiguate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Unnamed rows group under their kind (``truncate-1536`` at 4K and ``truncate-2048`` at 8K
     are one ``truncate`` line) unless one item was run by several methods of that kind (say
     ``beacon:2`` and ``beacon:32``): those rows are named by their own label. In place; returns rows."""
+    unnamed = [r for r in rows if r.get("name") in (None, "", r["kind"])]
     labels: dict[tuple, set[str]] = defaultdict(set)
-    for r in rows:
-        if not r.get("name") or r.get("name") == r["kind"]:
-            labels[(r["task"], r["kind"], r["length"], r["item"])].add(r["method"])
-    for r in rows:
-        if (not r.get("name") or r.get("name") == r["kind"]) and len(
-                labels[(r["task"], r["kind"], r["length"], r["item"])]) > 1:
+    for r in unnamed:
+        labels[(r["task"], r["kind"], r["length"], r["item"])].add(r["method"])
+    for r in unnamed:
+        if len(labels[(r["task"], r["kind"], r["length"], r["item"])]) > 1:
             r["name"] = r["method"]
     return rows
 
