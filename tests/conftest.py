@@ -14,3 +14,23 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    from transformers import AutoTokenizer
+
+    from longctx.models import smollm2_dir
+
+    return AutoTokenizer.from_pretrained(smollm2_dir())
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    from longctx.data import moby_dick
+
+    d = tmp_path_factory.mktemp("corpus")
+    text = moby_dick()
+    for i in range(3):
+        (d / f"part{i}.txt").write_text(text[i * 6000 : (i + 1) * 6000])
+    return d

@@ -202,7 +202,7 @@ def test_gradients_reach_only_beacon_parameters():
 def test_generation_is_consistent_with_forward():
     model, bm = make("mistral", window=16, ratios=[4])
     ids = torch.randint(3, 128, (1, 30))
-    new = bm.generate(ids, max_new_tokens=10, eos_token_id=[])
+    new = bm.generate(ids, max_new_tokens=10, eos_token_id=[], raw_tail=False)
     bm.reset()
     seq = ids
     for _ in range(10):
@@ -255,7 +255,7 @@ def test_generation_matches_reference_procedure(family, cfg):
     """Greedy decoding: ours (incremental, compacting) vs the naive reference recomputed each step."""
     model, bm = make(family, **cfg)
     prompt = torch.randint(3, 128, (1, 27))
-    new = bm.generate(prompt, max_new_tokens=12, eos_token_id=[])[0].tolist()
+    new = bm.generate(prompt, max_new_tokens=12, eos_token_id=[], raw_tail=False)[0].tolist()
     adapter = bm.adapter
     ratios = _window_ratios(bm, n_windows=4)
     bm.detach()
@@ -289,3 +289,73 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(cfg):
     assert abs(loss0 - loss1) <= 1e-6
     assert max((a - b).abs().max().item() for a, b in zip(g0, g1)) <= 1e-5
     assert not any(type(m).__name__ == "CheckpointedLayer" for m in model.modules())
+
+
+def test_raw_tail_decodes_with_the_last_window_uncompressed():
+    """With append placement a held window has no beacons yet, so decoding with raw_tail equals
+    the reference procedure with the windows after the first left uncompressed (ratio 0)."""
+    model = tiny_model("llama")
+    adapter = perturb_adapter(BeaconAdapter.from_model(model, BeaconConfig(window=16, ratios=[4], placement="append")))
+    prompt = torch.randint(3, 128, (1, 32))  # ends exactly where window 2 closes
+    bm = BeaconModel(model, adapter=adapter)
+    held = bm.generate(prompt, max_new_tokens=10, eos_token_id=[])
+    plain = bm.generate(prompt, max_new_tokens=10, eos_token_id=[], raw_tail=False) if not bm.reset() else None
+    bm.detach()
+    oracle_adapter = BeaconAdapter.from_model(model, adapter.config.replace(ratios=[4, 0, 0, 0], ratio_mix="sequence"))
+    oracle_adapter.load_state_dict(adapter.state_dict())
+    oracle = BeaconModel(model, adapter=oracle_adapter).generate(prompt, max_new_tokens=10, eos_token_id=[],
+                                                                 raw_tail=False)
+    assert torch.equal(held, oracle)
+    assert not torch.equal(held, plain)  # the reference compresses the question before decoding
+
+
+@pytest.mark.parametrize("placement", ["interleave", "append"])
+@pytest.mark.parametrize("n_prompt", [32, 27, 30])
+def test_raw_tail_leaves_the_memory_the_reference_builds(placement, n_prompt):
+    model, bm = make("qwen2", window=16, ratios=[4], placement=placement, sink=1)
+    prompt = torch.randint(3, 128, (1, n_prompt))
+    new = bm.generate(prompt, max_new_tokens=9, eos_token_id=[])
+    entries, held = bm.kv_entries(), cache_tensors(bm)
+    with torch.no_grad():
+        nxt = bm(torch.tensor([[5]]), logits="last").logits
+    bm.reset()
+    with torch.no_grad():
+        bm(torch.cat((prompt, new), 1), logits="none")
+        assert bm.kv_entries() == entries
+        for (k1, v1), (k2, v2) in zip(held, cache_tensors(bm)):
+            assert max_diff(k1, k2) <= TOL and max_diff(v1, v2) <= TOL
+        assert max_diff(bm(torch.tensor([[5]]), logits="last").logits, nxt) <= TOL
+
+
+def test_raw_tail_keeps_the_window_open_while_decoding():
+    model, bm = make("llama", window=16, ratios=[4])
+    prompt = torch.randint(3, 128, (1, 32))
+    seen = []
+
+    class Watch:
+        def put(self, t):
+            seen.append(bm.kv_entries()[0])
+
+        def end(self):
+            pass
+
+    bm.generate(prompt, max_new_tokens=6, eos_token_id=[], streamer=Watch())
+    # window 1 compressed to 4 beacons; window 2 (16 raw + 4 beacons) held, then one raw row per token
+    assert seen == [4 + 20 + i for i in range(6)]
+    assert bm.kv_entries() == [kv_entries(38, 16, 4)]  # released: as if read without the hold
+
+
+def test_without_memory_the_last_window_equals_reading_it_alone():
+    model = tiny_model("mistral")
+    adapter = perturb_adapter(BeaconAdapter.from_model(model, BeaconConfig(window=16, ratios=[4])))
+    ids = torch.randint(3, 128, (1, 40))
+    with torch.no_grad():
+        forgetful = BeaconModel(model, adapter=adapter, keep_memory=False)
+        lo = forgetful(ids).logits[0, 32:]
+        assert forgetful.kv_entries() == [8 + 2]  # the open window only: 8 raw, 2 beacons
+        alone = forgetful(ids[:, 32:]).logits[0] if not forgetful.reset() else None
+        forgetful.detach()
+        keeper = BeaconModel(model, adapter=adapter)
+        remembered = keeper(ids).logits[0, 32:]
+    assert max_diff(lo, alone) <= TOL
+    assert max_diff(lo, remembered) > 1e-3  # the memory does change the last window

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -13,26 +12,6 @@ from longctx.train import TrainConfig, train
 from longctx.train.data import chat_example, group_by_windows, make_sequences, retrieval_sequences
 
 from tiny import tiny_model
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    from longctx.models import smollm2_dir
-
-    return AutoTokenizer.from_pretrained(smollm2_dir())
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from longctx.data import moby_dick
-
-    d = tmp_path_factory.mktemp("corpus")
-    text = moby_dick()
-    for i in range(3):
-        (d / f"part{i}.txt").write_text(text[i * 6000 : (i + 1) * 6000])
-    return d
 
 
 def small(tok, **kw):

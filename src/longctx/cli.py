@@ -235,8 +235,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         kw["data"] = args.data
     if args.text:
         kw["text"] = read_text(args.text)
-        half = kw["text"][len(kw["text"]) // 2 :]
-        kw["documents"] = [(f"{Path(args.text).stem}-start", kw["text"]), (f"{Path(args.text).stem}-middle", half)]
+        stem = Path(args.text).stem
+        if args.documents:  # disjoint parts of the text, each its own document
+            n = len(kw["text"]) // args.documents
+            kw["documents"] = [(f"{stem}-part{i + 1}", kw["text"][i * n : (i + 1) * n]) for i in range(args.documents)]
+        else:
+            half = kw["text"][len(kw["text"]) // 2 :]
+            kw["documents"] = [(f"{stem}-start", kw["text"]), (f"{stem}-middle", half)]
+    if args.in_memory:
+        kw["before_last"] = args.window
     if args.depths:
         kw["depths"] = kw["positions"] = args.depths
     out = Path(args.out or f"runs/eval/{args.task}")
@@ -338,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help="ppl, passkey, needle, lines, kv, ruler-multikey, ruler-multivalue, ruler-vartrack, "
                                 "ruler-cwe, ruler-fwe, longbench (with --data)")
     p.add_argument("--methods", default="full,truncate,streaming,beacon",
-                   help="comma list of full, truncate[:B], streaming[:B], beacon[:RATIO|adapt-K]; truncate and "
-                        "streaming default to the beacon's KV budget")
+                   help="comma list of full, truncate[:B], streaming[:B], beacon[:RATIO|adapt-K], beacon-nomem[:RATIO] "
+                        "(memory emptied at every window); truncate and streaming default to the beacon's KV budget")
     p.add_argument("--lengths", default="4k,8k,16k,32k", help="context lengths, e.g. 4k,8k,16k,32k")
     p.add_argument("--samples", type=int, default=4, help="items per length (depths/positions spread evenly)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated tasks")
@@ -349,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="LongBench-format jsonl for the longbench task")
     p.add_argument("--text", default=None,
                    help="a local text (file, 'moby-dick' or 'sotu-heldout') for needle/ppl (ppl: from its start and middle)")
+    p.add_argument("--documents", type=int, default=None,
+                   help="ppl: cut --text into N disjoint documents (default: from its start and its middle)")
+    p.add_argument("--in-memory", action="store_true",
+                   help="passkey: place the key before the last --window tokens, so beacon holds it only in memory")
     p.add_argument("--depths", type=float, nargs="+", default=None,
                    help="passkey/needle depths or lines/kv positions (0..1), one item each (default: --samples spread)")
     p.add_argument("--out", default=None, help="results folder (default runs/eval/TASK); reruns resume")

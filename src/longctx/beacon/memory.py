@@ -39,6 +39,8 @@ class SampleState:
     fixed: int = 0  # sink + memory entries
     kind: list[int] = field(default_factory=list)  # open-window entries
     idx: list[int] = field(default_factory=list)
+    hold: bool = False  # the open window does not close; raw tokens past its end overflow it
+    overflow: list[int] = field(default_factory=list)  # ids of those raw tokens (read again on release)
 
     @property
     def entries(self) -> int:

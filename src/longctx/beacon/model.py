@@ -57,8 +57,12 @@ class BeaconModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, adapter: BeaconAdapter | None = None,
-                 config: BeaconConfig | None = None):
+                 config: BeaconConfig | None = None, keep_memory: bool = True):
+        """``keep_memory=False`` empties the memory whenever a window closes (only the sink
+        survives): the same adapter and windows without memory, the ablation that shows what
+        the memory contributes."""
         super().__init__()
+        self.keep_memory = keep_memory
         if adapter is None:
             adapter = BeaconAdapter.from_model(model, config or BeaconConfig())
         elif config is not None and config != adapter.config:
@@ -139,11 +143,13 @@ class BeaconModel(nn.Module):
     # ------------------------------------------------------------------ streaming forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, logits: str = "all", progress: bool = False,
-                reduce_loss: bool = True) -> BeaconOutput:
+                reduce_loss: bool = True, hold: bool = False) -> BeaconOutput:
         """Feed ``input_ids`` ``[B, L]`` (left-padded where ``attention_mask`` is 0).
 
         logits: ``"all"`` (every raw token, ``[B, L, V]``), ``"last"`` (``[B, 1, V]``) or
         ``"none"``. labels: aligned with input_ids (-100 = ignore), shifted inside.
+        hold: the window open at the end of this input stays open (later tokens overflow it
+        raw) until :meth:`release_hold`, so the input's tail is never compressed before it is used.
         """
         if logits not in ("all", "last", "none"):
             raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
@@ -179,8 +185,15 @@ class BeaconModel(nn.Module):
                     continue
                 if st.ratio is None:
                     st.ratio = chooser.window_ratio(mem.sequence, st.windows_done, st.instance_ratio)
-                segs.append(next_segment(self.config, st.ratio, st.raw_in_window, L - cursor[b]))
+                held = st.hold or (hold and L - cursor[b] <= self.config.window - st.raw_in_window)
+                segs.append(next_segment(self.config, st.ratio, st.raw_in_window, L - cursor[b], hold=held))
+            before = [st.raw_in_window for st in mem.samples]
             hidden, raw_rows = self._step(segs, ids_cpu, cursor)
+            w = self.config.window
+            for b, (seg, st) in enumerate(zip(segs, mem.samples)):
+                if seg is not None and st.raw_in_window > w:  # raw tokens past a held window's end
+                    new_over = st.raw_in_window - max(before[b], w)
+                    st.overflow += ids_cpu[b, cursor[b] + seg.n_raw - new_over : cursor[b] + seg.n_raw].tolist()
             for b, seg in enumerate(segs):
                 if seg is None or seg.n_raw == 0:
                     continue
@@ -202,6 +215,9 @@ class BeaconModel(nn.Module):
                 cursor[b] = hi
             bar.update(sum(s.n_raw for s in segs if s is not None))
         bar.close()
+        if hold:
+            for st in mem.samples:
+                st.hold = True
         self.stats = {"seconds": time.perf_counter() - start, "tokens": float(sum(lengths))}
         out_logits = None
         if want_all:
@@ -290,9 +306,14 @@ class BeaconModel(nn.Module):
             if seg is not None and seg.closes:
                 old = entry_positions(cfg, st.ratio, st.fixed, st.kind, st.idx)
                 kept = compaction_keep(cfg.sink, st.windows_done == 0, st.ratio, st.kind, st.idx)
-                keep = where[: st.fixed] + [where[st.fixed + e] for e in kept]
-                delta = [0] * st.fixed + [st.fixed + r - old[e] for r, e in enumerate(kept)]
-                st.fixed += len(kept)
+                head = st.fixed  # sink + memory entries ahead of the window
+                if not self.keep_memory:  # forget the memory: only the sink survives
+                    head = min(st.fixed, cfg.sink)
+                    n_sink = sum(1 for t, i in zip(st.kind, st.idx) if t == RAW and i <= cfg.sink)
+                    kept = kept[:n_sink] if st.windows_done == 0 else []
+                keep = where[:head] + [where[st.fixed + e] for e in kept]
+                delta = [0] * head + [head + r - old[e] for r, e in enumerate(kept)]
+                st.fixed = head + len(kept)
                 st.kind, st.idx = [], []
                 st.raw_in_window = 0
                 st.windows_done += 1
@@ -325,23 +346,70 @@ class BeaconModel(nn.Module):
             mask[b, 0, q, S + pad :] = wm[:, n_open:]
         return mask.to(self.device)
 
+    @torch.no_grad()
+    def release_hold(self) -> None:
+        """End hold mode: a held window that is full closes exactly as it would have without
+        the hold, and the tokens that overflowed it are read again, so the memory equals the
+        one a plain forward over the same tokens builds."""
+        mem = self.memory
+        if mem is None or not any(st.hold for st in mem.samples):
+            return
+        w, B = self.config.window, mem.batch
+        overflow = [list(st.overflow) for st in mem.samples]
+        S, n_prev = mem.length, mem.kv_entries()
+        keep = []
+        for b, st in enumerate(mem.samples):
+            n = len(overflow[b])  # the overflow rows are the last rows of the sample, all raw
+            keep.append(list(range(S - n_prev[b], S - n)))
+            if n:
+                st.kind, st.idx = st.kind[:-n], st.idx[:-n]
+                st.raw_in_window -= n
+                st.raw_total -= n
+            st.hold, st.overflow = False, []
+        if any(overflow):
+            mem.repack(keep, [[0] * len(k) for k in keep], self.inv_freq)
+        segs: list[Segment | None] = []
+        for st in mem.samples:
+            full = st.raw_in_window == w
+            beacons = w // st.ratio if full and st.ratio and self.config.placement == "append" else 0
+            segs.append(Segment(0, (BEACON,) * beacons, tuple(range(1, beacons + 1)), True) if full else None)
+        if any(s is not None for s in segs):
+            if any(s is not None and s.n_rows for s in segs):  # append placement: the beacons still run
+                self._step(segs, torch.zeros(B, 0, dtype=torch.long), [0] * B)
+            else:
+                self._compact(segs, mem.length, 0, mem.kv_entries(), [0] * B)
+        if any(overflow):
+            n = max(map(len, overflow))
+            ids = torch.zeros(B, n, dtype=torch.long)
+            mask = torch.zeros(B, n, dtype=torch.long)
+            for b, o in enumerate(overflow):
+                if o:
+                    ids[b, n - len(o) :] = torch.tensor(o)
+                    mask[b, n - len(o) :] = 1
+            self.forward(ids.to(self.device), attention_mask=mask.to(self.device), logits="none")
+
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, eos_token_id: int | Iterable[int] | None = None,
                  streamer: Any = None, generator: torch.Generator | None = None,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, raw_tail: bool = True) -> torch.Tensor:
         """Read ``input_ids`` into the memory and decode up to ``max_new_tokens``.
 
         Returns the new tokens ``[B, n]``. Every generated token is fed back into the memory,
         so a later call continues the same conversation (multi-turn reuse).
+
+        raw_tail: the window open at the end of the prompt is not compressed while the answer
+        is decoded (the question is read raw, even when the prompt ends exactly at a window
+        boundary); afterwards the memory is rebuilt as the reference would have built it.
+        ``False`` is the reference procedure (windows close as soon as they are full).
         """
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
         eos = self._eos_ids(eos_token_id)
         t0 = time.perf_counter()
-        nxt = self.forward(input_ids, attention_mask, logits="last", progress=progress).logits[:, -1]
+        nxt = self.forward(input_ids, attention_mask, logits="last", progress=progress, hold=raw_tail).logits[:, -1]
         prefill_s = time.perf_counter() - t0
         B = input_ids.shape[0]
         done = torch.zeros(B, dtype=torch.bool, device=nxt.device)
@@ -363,8 +431,10 @@ class BeaconModel(nn.Module):
             nxt = res.logits[:, -1]
         if streamer is not None:
             streamer.end()
+        decode_s = time.perf_counter() - t1
+        self.release_hold()
         n = len(out)
-        self.stats = {"prefill_s": prefill_s, "decode_s": time.perf_counter() - t1, "new_tokens": float(n),
+        self.stats = {"prefill_s": prefill_s, "decode_s": decode_s, "new_tokens": float(n),
                       "prompt_tokens": float(input_ids.shape[1])}
         return torch.stack(out, dim=1) if out else input_ids.new_zeros(B, 0)
 

@@ -33,19 +33,24 @@ class Segment:
         return len(self.kind)
 
 
-def next_segment(cfg: BeaconConfig, ratio: int, raw_in_window: int, available: int) -> Segment:
-    """Rows for up to ``available`` new raw tokens, stopping where the open window closes."""
+def next_segment(cfg: BeaconConfig, ratio: int, raw_in_window: int, available: int, hold: bool = False) -> Segment:
+    """Rows for up to ``available`` new raw tokens, stopping where the open window closes.
+
+    ``hold``: the window does not close; raw tokens past its end overflow it as plain raw
+    rows (no beacons), so text read at the end of a prompt stays raw while an answer is
+    decoded (see ``BeaconModel.generate(raw_tail=True)``).
+    """
     w, a, r = cfg.window, ratio, raw_in_window
-    take = min(available, w - r)
+    take = available if hold else min(available, w - r)
     kind: list[int] = []
     idx: list[int] = []
     for j in range(r + 1, r + take + 1):
         kind.append(RAW)
         idx.append(j)
-        if cfg.placement == "interleave" and a and j % a == 0:
+        if cfg.placement == "interleave" and a and j % a == 0 and j <= w:
             kind.append(BEACON)
             idx.append(j // a)
-    closes = r + take == w
+    closes = r + take == w and not hold
     if closes and cfg.placement == "append" and a:
         kind.extend([BEACON] * (w // a))
         idx.extend(range(1, w // a + 1))

@@ -201,8 +201,9 @@ class Beacon(Method):
     name = "beacon"
 
     def __init__(self, model, tok, adapter: BeaconAdapter | None = None, ratio: int | str = 8,
-                 window: int | None = None, **kw):
+                 window: int | None = None, keep_memory: bool = True, **kw):
         super().__init__(model, tok)
+        self.keep_memory = keep_memory
         adapter = adapter or BeaconAdapter.from_model(model, BeaconConfig(window=window or 1024))
         changes: dict[str, Any] = {"window": window}
         if isinstance(ratio, str) and ratio.startswith("adapt"):
@@ -211,10 +212,10 @@ class Beacon(Method):
             changes.update(ratio_mix="fixed", ratios=[int(ratio)])
         adapter.config = adapter.config.replace(**changes)
         self.ratio = ratio
-        self.bm = BeaconModel(model, tok, adapter)
+        self.bm = BeaconModel(model, tok, adapter, keep_memory=keep_memory)
 
     def label(self):
-        return f"beacon-{self.ratio}"
+        return f"beacon-{self.ratio}" if self.keep_memory else f"beacon-nomem-{self.ratio}"
 
     @torch.no_grad()
     def loss(self, ids, tail):
@@ -245,11 +246,12 @@ class MethodSpec:
         return self.name or self.kind
 
 
-KINDS = ("full", "truncate", "streaming", "beacon")
+KINDS = ("full", "truncate", "streaming", "beacon", "beacon-nomem")
 
 
 def parse_methods(text: str) -> list[MethodSpec]:
-    """``[NAME=]KIND[:ARG][@MODEL]``, comma separated. KIND is full, truncate, streaming or beacon;
+    """``[NAME=]KIND[:ARG][@MODEL]``, comma separated. KIND is full, truncate, streaming, beacon or
+    beacon-nomem (the same adapter and windows with the memory emptied whenever a window closes);
     ARG a budget (``truncate:4096``) or ratio (``beacon:16``, ``beacon:adapt-1024``); ``@MODEL`` runs
     the method on another model (e.g. a context-extended one: ``cream=full@runs/smollm2-cream/model``).
     truncate/streaming without a budget take the beacon's budget."""
@@ -265,7 +267,7 @@ def parse_methods(text: str) -> list[MethodSpec]:
             raise ValueError(f"unknown method {kind!r} in {part!r}; use [NAME=]KIND[:ARG][@MODEL] with KIND one of "
                              f"{', '.join(KINDS)}")
         extra = {"model": model or None, "name": name.strip() or None}
-        if kind == "beacon":
+        if kind in ("beacon", "beacon-nomem"):
             out.append(MethodSpec(kind, ratio=arg if arg.startswith("adapt") else int(arg or 8), **extra))
         else:
             out.append(MethodSpec(kind, budget=int(arg) if arg else None, **extra))
@@ -279,7 +281,8 @@ def make_method(spec: MethodSpec, model, tok, length: int, window: int, ratio: i
                 memo: dict | None = None) -> Method:
     if spec.kind == "full":
         return Full(model, tok, memo=memo)
-    if spec.kind == "beacon":
-        return Beacon(model, tok, adapter=adapter, ratio=spec.ratio, window=window)
+    if spec.kind in ("beacon", "beacon-nomem"):
+        return Beacon(model, tok, adapter=adapter, ratio=spec.ratio, window=window,
+                      keep_memory=spec.kind == "beacon")
     budget = spec.budget or beacon_budget(length, window, ratio)
     return (Truncate if spec.kind == "truncate" else Streaming)(model, tok, budget=budget)

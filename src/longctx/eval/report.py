@@ -36,8 +36,8 @@ def method_name(r: dict[str, Any]) -> str:
 def _names(rows: list[dict[str, Any]]) -> list[str]:
     """Method names in a stable order: the built-in kinds first, then named methods as they appear."""
     seen = list(dict.fromkeys(method_name(r) for r in rows))
-    return [k for k in ("full", "truncate", "streaming", "beacon") if k in seen] + [
-        n for n in seen if n not in ("full", "truncate", "streaming", "beacon")]
+    kinds = ("full", "truncate", "streaming", "beacon", "beacon-nomem")
+    return [k for k in kinds if k in seen] + [n for n in seen if n not in kinds]
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, float]]:
@@ -50,10 +50,57 @@ def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, 
     for key, rs in groups.items():
         if rs[0].get("ppl") is not None:
             nll, n = sum(r["nll"] for r in rs), sum(r["tokens"] for r in rs)
-            out[key] = {"ppl": math.exp(nll / max(n, 1)), "n": len(rs)}
+            each = [r["ppl"] for r in rs]
+            out[key] = {"ppl": math.exp(nll / max(n, 1)), "n": len(rs), "min": min(each), "max": max(each)}
         else:
-            out[key] = {"score": 100 * sum(r["score"] for r in rs) / len(rs), "n": len(rs)}
+            k = sum(r["score"] for r in rs)
+            lo, hi = wilson(k, len(rs))
+            out[key] = {"score": 100 * k / len(rs), "n": len(rs), "lo": 100 * lo, "hi": 100 * hi}
     return out
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a proportion; partial scores count fractionally."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def recovered_fraction(rows: list[dict[str, Any]], beacon: str = "beacon", nomem: str = "beacon-nomem",
+                       full: str = "full") -> dict[int, dict[str, float]]:
+    """Per length, how much of the gap between no memory and full attention the memory closes:
+    ``(ppl_nomem - ppl_beacon) / (ppl_nomem - ppl_full)``, pooled and per document (min, max)."""
+    disambiguate(rows)
+    by: dict[tuple[int, str], dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r.get("ppl") is not None and method_name(r) in (beacon, nomem, full):
+            by[(r["length"], r["item"])][method_name(r)] = r["ppl"]
+    s = summary([r for r in rows if r.get("ppl") is not None])
+    out = {}
+    for L in sorted({k[0] for k in by}):
+        docs = [v for (length, _), v in by.items() if length == L and len(v) == 3]
+        if not docs:
+            continue
+        task = next(r["task"] for r in rows if r["length"] == L and r.get("ppl") is not None)
+        pooled = [s[(task, m, L)]["ppl"] for m in (nomem, beacon, full)]
+        each = [(d[nomem] - d[beacon]) / (d[nomem] - d[full]) for d in docs if d[nomem] != d[full]]
+        if pooled[0] == pooled[2] or not each:
+            continue
+        out[L] = {"recovered": (pooled[0] - pooled[1]) / (pooled[0] - pooled[2]), "min": min(each), "max": max(each),
+                  "documents": len(docs), "ppl_nomem": pooled[0], "ppl_beacon": pooled[1], "ppl_full": pooled[2]}
+    return out
+
+
+def _cell(v: dict[str, float] | None) -> str:
+    if v is None:
+        return "-"
+    if "ppl" in v:
+        spread = f" [{v['min']:.1f}-{v['max']:.1f}]" if v["n"] > 1 else ""
+        return f"{v['ppl']:.2f}{spread} ({v['n']} docs)"
+    return f"{v['score']:.0f} [{v['lo']:.0f}-{v['hi']:.0f}] (n={v['n']})"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -71,13 +118,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         for kind in kinds:
             cells = []
             for L in lengths:
-                v = s.get((task, kind, L))
-                cells.append("-" if v is None else (f"{v['ppl']:.2f}" if "ppl" in v else f"{v['score']:.0f} (n={v['n']})"))
+                cells.append(_cell(s.get((task, kind, L))))
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
         names = {k: ", ".join(f"{labels[(k, L)]} at {L}" for L in lengths if (k, L) in labels) for k in kinds}
         notes = [f"{k}: {v}" for k, v in names.items()
                  if k != "full" and any(labels[(k, L)] != k for L in lengths if (k, L) in labels)]
         lines.append("\n" + "; ".join(notes) + "\n")
+        rf = recovered_fraction([r for r in rows if r["task"] == task])
+        if rf:
+            lines.append("recovered fraction (ppl_nomem - ppl_beacon) / (ppl_nomem - ppl_full), pooled "
+                         "[per-document min-max]: " + "; ".join(
+                             f"{L // 1024 if L % 1024 == 0 else L}{'K' if L % 1024 == 0 else ''}: {v['recovered']:+.2f} "
+                             f"[{v['min']:+.2f}, {v['max']:+.2f}] ({v['documents']} docs)" for L, v in rf.items()) + "\n")
+        lines.append("intervals: accuracy 95% Wilson; perplexity [lowest-highest document]\n")
     return "\n".join(lines) + "\n"
 
 

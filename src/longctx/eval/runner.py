@@ -107,7 +107,7 @@ def run_eval(task: str, model, tok, out_dir: str | Path, methods: str = "full,tr
                         row.update(task=item.task, item=item.id, method=label, kind=spec.kind, name=spec.display,
                                    length=length, prompt_tokens=len(item.ids), seconds=time.perf_counter() - t,
                                    **{k: v for k, v in item.meta.items() if isinstance(v, (int, float, str))})
-                        if spec.kind == "beacon" and config and "adapter" in config:
+                        if spec.kind.startswith("beacon") and config and "adapter" in config:
                             row["adapter"] = config["adapter"]  # which adapter made this row
                         f.write(json.dumps(row) + "\n")
                         f.flush()

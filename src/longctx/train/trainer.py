@@ -28,6 +28,7 @@ from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
 from longctx.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from longctx.train.data import group_by_windows, make_sequences, read_records, retrieval_sequences
 from longctx.train.fsdp import shard_base_layers
+from longctx.train.memory_tasks import copy_sequences, recall_sequences
 from longctx.train.zero import GradSync
 
 
@@ -49,7 +50,6 @@ class TrainConfig:
     window: int = 512
     ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
     ratio_mix: str = "step-random"
-    sink: int = 0
     projections: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
     min_length: int = 1024
     max_length: int = 2048
@@ -68,6 +68,11 @@ class TrainConfig:
     stop_after: int | None = None  # end this run after this many steps (resume later)
     holdout: list[str] = field(default_factory=list)  # sources never trained on (substring match)
     retrieval: int = 0  # synthetic retrieval sequences added to the text (loss on the answers only)
+    recall: int = 0  # multi-fact recall sequences (memory_tasks.recall_sequences)
+    copy: int = 0  # span-copy sequences (memory_tasks.copy_sequences)
+    distill: float = 0.0  # on text: weight of KL from the frozen model's full-attention predictions (1 = KL only)
+    sink: int = 0  # first tokens kept ahead of the memory
+    embed_init: str = "eos"
     zero: int = 0  # 2: shard adapter gradients and optimizer states across ranks (ZeRO-2); 0: replicate
     fsdp: bool = False  # shard the frozen base model's decoder layers across ranks (FSDP2)
     every_rank_writes: bool = False  # each rank writes its own log and final adapter (checks; separate outs)
@@ -106,7 +111,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     if model is None:
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
     beacon_cfg = BeaconConfig(window=cfg.window, ratios=cfg.ratios, ratio_mix=cfg.ratio_mix, sink=cfg.sink,
-                              projections=cfg.projections, seed=cfg.seed)
+                              projections=cfg.projections, seed=cfg.seed, embed_init=cfg.embed_init)
     adapter = (BeaconAdapter.load(cfg.adapter, model, dtype=parse_dtype(cfg.beacon_dtype)) if cfg.adapter
                else BeaconAdapter.from_model(model, beacon_cfg, dtype=parse_dtype(cfg.beacon_dtype)))
     adapter.config = beacon_cfg
@@ -118,9 +123,15 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     bm.set_checkpointing(cfg.checkpointing)
     records = [r for r in read_records(cfg.data) if not any(h in r.get("source", "") for h in cfg.holdout)]
     seqs = make_sequences(iter(records), tokenizer, cfg.min_length, cfg.max_length)
+    texts = [r["text"] for r in records if "text" in r]
     if cfg.retrieval:
-        texts = [r["text"] for r in records if "text" in r]
         seqs += retrieval_sequences(tokenizer, cfg.retrieval, cfg.min_length, cfg.max_length, cfg.seed, texts)
+    if cfg.recall:
+        seqs += recall_sequences(tokenizer, cfg.recall, cfg.min_length, cfg.max_length, cfg.seed, texts,
+                                 open_window=cfg.window)
+    if cfg.copy:
+        seqs += copy_sequences(tokenizer, cfg.copy, cfg.min_length, cfg.max_length, cfg.seed, texts,
+                               open_window=cfg.window)
     if not seqs:
         raise ValueError(f"no training sequences of at least {cfg.min_length} tokens in {cfg.data}")
     batches = group_by_windows([len(s["input_ids"]) for s in seqs], cfg.window, cfg.batch_size, cfg.seed, world)
@@ -144,12 +155,19 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         t = time.perf_counter()
         batch_idx = batches[(step * world + rank) % len(batches)]
         ids, labels, mask = _collate([seqs[i] for i in batch_idx])
+        kind = seqs[batch_idx[0]].get("kind", "text")
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, cfg)
         bm.reset(sequence=step)
+        items = [seqs[i] for i in batch_idx]
+        distill = cfg.distill if all(x.get("kind", "text") == "text" for x in items) else 0.0
         with torch.autocast(device_type=bm.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+            teacher = teacher_logits(model, ids.to(bm.device), mask.to(bm.device)) if distill else None
             outp = bm(ids.to(bm.device), attention_mask=mask.to(bm.device), labels=labels.to(bm.device),
-                      logits="none")
+                      logits="all" if distill else "none")
+            if distill:
+                kl = distill_loss(outp.logits, teacher, labels.to(bm.device))
+                outp.loss = distill * kl + (1 - distill) * outp.loss
         ratios = [s.windows_done for s in bm.memory.samples]
         drawn = _drawn_ratios(bm, ids.shape[1])
         outp.loss.backward()
@@ -161,7 +179,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         dt = time.perf_counter() - t
         tokens = int(mask.sum())
         row = {"step": step + 1, "loss": float(outp.loss.detach()), "tokens": tokens, "tokens_per_s": tokens / dt,
-               "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm, "ratios": drawn, "windows": ratios}
+               "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm, "kind": kind, "ratios": drawn, "windows": ratios}
         if log is not None and (step + 1) % cfg.log_every == 0:
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -177,6 +195,26 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     bm.detach()
     model.eval()
     return out
+
+
+@torch.no_grad()
+def teacher_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The frozen model's own full-attention logits over the raw sequence (adapter idle)."""
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """Mean KL(teacher || student) of next-token distributions over positions with a label,
+    computed in fp32 chunks."""
+    valid = labels[:, 1:] != -100
+    s, t = student[:, :-1][valid], teacher[:, :-1][valid]
+    total = student.new_zeros((), dtype=torch.float32)
+    for i in range(0, s.shape[0], chunk):
+        ls = torch.log_softmax(s[i : i + chunk].float(), -1)
+        lt = torch.log_softmax(t[i : i + chunk].float(), -1)
+        total = total + (lt.exp() * (lt - ls)).sum()
+    return total / max(int(valid.sum()), 1)
 
 
 def _drawn_ratios(bm: BeaconModel, length: int) -> list[int]:

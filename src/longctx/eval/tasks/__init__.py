@@ -12,7 +12,7 @@ from longctx.eval.tasks.text import longbench, ppl
 
 TASKS: dict[str, Callable[..., list[Item]]] = {
     "ppl": lambda tok, L, n, seed, **kw: ppl(tok, L, kw.get("documents")),
-    "passkey": lambda tok, L, n, seed, **kw: passkey(tok, L, n, seed, kw.get("depths")),
+    "passkey": lambda tok, L, n, seed, **kw: passkey(tok, L, n, seed, kw.get("depths"), kw.get("before_last", 0)),
     "needle": lambda tok, L, n, seed, **kw: needle(tok, L, n, seed, kw.get("text"), kw.get("depths")),
     "lines": lambda tok, L, n, seed, **kw: lines(tok, L, n, seed, kw.get("positions")),
     "kv": lambda tok, L, n, seed, **kw: kv(tok, L, n, seed, kw.get("positions")),

@@ -14,8 +14,14 @@ NOUNS = ["saffron", "cinnamon", "juniper", "anchovy", "pepper", "nutmeg", "thyme
          "mustard", "ginger", "paprika", "oregano", "caraway", "sorrel", "tarragon"]
 
 
-def passkey(tok: Any, length: int, samples: int, seed: int, depths: list[float] | None = None) -> list[Item]:
-    """A random 5-digit number hidden at a depth of repeated filler (exact-match scoring)."""
+def passkey(tok: Any, length: int, samples: int, seed: int, depths: list[float] | None = None,
+            before_last: int = 0) -> list[Item]:
+    """A random 5-digit number hidden at a depth of repeated filler (exact-match scoring).
+
+    ``before_last`` > 0 maps the depths into the part of the prompt before its last
+    ``before_last`` tokens, so with that beacon window the key lies only in the compressed
+    memory when the question is read.
+    """
     question = ("There is a pass key hidden in the text above. What is the pass key? "
                 "Answer with the number only.")
     prefix = "The pass key is"
@@ -28,8 +34,17 @@ def passkey(tok: Any, length: int, samples: int, seed: int, depths: list[float] 
         needle = tok(f" The pass key is {key}. Remember it. {key} is the pass key.", add_special_tokens=False).input_ids
         n_ctx = length - overhead(tok, question, prefix) - len(needle)
         filler, bounds = fill(sents, n_ctx)
-        ctx, offs = insert_at_depths(filler, bounds, [(d, needle)])
+        at = d
+        if before_last:
+            pre = chat_prompt(tok, [], question, prefix)[1]
+            room = length - before_last - pre - len(needle) - 24  # 24: snapping to a sentence start
+            if room <= 0:
+                raise ValueError(f"passkey at {length} tokens has no room before the last {before_last}")
+            at = d * room / n_ctx
+        ctx, offs = insert_at_depths(filler, bounds, [(at, needle)])
         ids, base = chat_prompt(tok, ctx, question, prefix)
+        if before_last and base + offs[0] + len(needle) > len(ids) - before_last:
+            raise AssertionError("passkey needle reached the last window")  # guarded by the margin above
         items.append(Item("passkey", f"passkey-{length}-{s}", length, "gen", ids, key, "contains", 12,
                           meta={"depth": d, "needle_offset": base + offs[0], "context_tokens": len(ctx)},
                           answer_prefix=prefix))
