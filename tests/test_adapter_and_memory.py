@@ -135,3 +135,21 @@ def test_memory_from_another_model_is_refused(tmp_path):
     other = BeaconModel(tiny_model("llama", num_hidden_layers=3), config=BeaconConfig(window=16))
     with pytest.raises(MemoryFileError, match="another base model"):
         other.load_memory(tmp_path / "m.safetensors")
+
+
+def test_sharded_adapter_round_trip(tmp_path):
+    model = tiny_model("llama")
+    adapter = perturb_adapter(BeaconAdapter.from_model(model, BeaconConfig(window=16, ratios=[4])))
+    adapter.save(tmp_path / "a", dtype=torch.bfloat16, max_shard_mb=0.1)
+    shards = sorted(p.name for p in (tmp_path / "a").glob("adapter-*.safetensors"))
+    assert len(shards) > 1 and not (tmp_path / "a" / "adapter.safetensors").exists()
+    assert all((tmp_path / "a" / s).stat().st_size <= 0.1 * 2**20 for s in shards)
+    back = BeaconAdapter.load(tmp_path / "a", model, dtype=torch.float32)
+    for (k, v), (k2, v2) in zip(adapter.state_dict().items(), back.state_dict().items()):
+        assert k == k2 and torch.equal(v.to(torch.bfloat16).float(), v2)
+    index = tmp_path / "a" / "adapter.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["embed"] = "../elsewhere.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(AdapterError, match="outside"):
+        BeaconAdapter.load(tmp_path / "a", model)

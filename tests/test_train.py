@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -203,3 +204,16 @@ def test_fsdp_shards_the_base_layers_and_trains_like_replicated_ranks(tok, corpu
         plain = load_file(str(tmp_path / "plain" / f"rank{r}" / "adapter" / "adapter.safetensors"))
         fsdp = load_file(str(tmp_path / "fsdp" / f"rank{r}" / "adapter" / "adapter.safetensors"))
         assert all(torch.allclose(plain[k], fsdp[k], atol=1e-5) for k in plain)
+
+
+def test_resume_refuses_other_settings_and_redoes_steps_after_the_checkpoint(tok, corpus, tmp_path):
+    import json
+    import shutil
+
+    train(cfg(corpus, tmp_path, stop_after=3), model=small(tok), tokenizer=tok)
+    with pytest.raises(ValueError, match="window: 64 -> 32"):
+        train(cfg(corpus, tmp_path, window=32), model=small(tok), tokenizer=tok)
+    shutil.rmtree(sorted((tmp_path / "checkpoints").iterdir())[-1])  # killed after step 3, last checkpoint at 2
+    train(cfg(corpus, tmp_path), model=small(tok), tokenizer=tok)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

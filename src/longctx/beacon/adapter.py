@@ -22,6 +22,7 @@ from longctx.beacon.config import BeaconConfig
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
+INDEX_FILE = "adapter.safetensors.index.json"
 FORMAT = "longctx-beacon/1"
 
 
@@ -143,11 +144,29 @@ class BeaconAdapter(nn.Module):
                 )
 
     # ------------------------------------------------------------------ save / load
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, dtype: torch.dtype | None = None, max_shard_mb: float | None = None) -> Path:
+        """Write ``adapter_config.json`` and the weights (in ``dtype`` if given): one
+        ``adapter.safetensors``, or shards of at most ``max_shard_mb`` MiB listed in
+        ``adapter.safetensors.index.json``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+        tensors = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
+        if max_shard_mb is None:
+            save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+        else:
+            limit, shards, size = max_shard_mb * 2**20 - 2**16, [{}], 0  # 64 KiB for each file's header
+            for k, v in tensors.items():
+                n = v.numel() * v.element_size()
+                if shards[-1] and size + n > limit:
+                    shards.append({})
+                    size = 0
+                shards[-1][k] = v
+                size += n
+            names = [f"adapter-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+            for name, part in zip(names, shards):
+                save_file(part, str(out / name), metadata={"format": FORMAT})
+            index = {"weight_map": {k: name for name, part in zip(names, shards) for k in part}}
+            (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
         meta = {"format": FORMAT, "beacon": self.config.to_dict(), "base_model": self.signature}
         (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         return out
@@ -163,10 +182,7 @@ class BeaconAdapter(nn.Module):
         if meta.get("format") != FORMAT:
             raise AdapterError(f"{directory} is not a longctx beacon adapter (format {meta.get('format')!r})")
         config = BeaconConfig.from_dict(meta["beacon"])
-        try:
-            tensors = load_file(str(directory / WEIGHTS_FILE))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise AdapterError(f"cannot read adapter weights {directory / WEIGHTS_FILE}: {e}") from e
+        tensors = _read_weights(directory)
         adapter = cls.from_model(model, config, dtype=dtype)
         adapter.signature = dict(meta["base_model"])
         adapter.check(model)
@@ -189,6 +205,27 @@ class BeaconAdapter(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The adapter's tensors from ``adapter.safetensors`` or from the shards its index lists."""
+    files = [directory / WEIGHTS_FILE]
+    if not files[0].exists() and (directory / INDEX_FILE).exists():
+        try:
+            weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise AdapterError(f"cannot read {directory / INDEX_FILE}: {e}") from e
+        names = sorted(set(weight_map.values()))
+        if any(Path(n).name != n or not n.endswith(".safetensors") for n in names):
+            raise AdapterError(f"{directory / INDEX_FILE} names files outside the adapter folder: {names}")
+        files = [directory / n for n in names]
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            tensors.update(load_file(str(f)))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise AdapterError(f"cannot read adapter weights {f}: {e}") from e
+    return tensors
+
+
 def _resolve(source: str | Path) -> Path:
     path = Path(source)
     if path.exists():
@@ -196,5 +233,5 @@ def _resolve(source: str | Path) -> Path:
     if str(source).count("/") == 1 and not str(source).startswith((".", "/")):
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(source), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
+        return Path(snapshot_download(str(source), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, "adapter-*.safetensors"]))
     raise AdapterError(f"no adapter at {source}: not a directory and not a hub id")

@@ -66,6 +66,8 @@ class TrainConfig:
     save_every: int = 50
     log_every: int = 1
     stop_after: int | None = None  # end this run after this many steps (resume later)
+    time_limit: float | None = None  # minutes: checkpoint, write the adapter and stop once exceeded
+    save_minutes: float | None = None  # also checkpoint whenever this many minutes passed since the last one
     holdout: list[str] = field(default_factory=list)  # sources never trained on (substring match)
     retrieval: int = 0  # synthetic retrieval sequences added to the text (loss on the answers only)
     recall: int = 0  # multi-fact recall sequences (memory_tasks.recall_sequences)
@@ -142,13 +144,19 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     start = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
+        check_resumable(out, cfg)
         start = load_checkpoint(ckpt, adapter, opt, rank, sync.sharded)["step"]
     if rank == 0:
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
         print(f"trainable beacon parameters: {n_train:,} (base model frozen); {len(seqs)} sequences, "
               f"{len(batches)} batches; starting at step {start}", flush=True)
     writer = rank == 0 or cfg.every_rank_writes
+    if writer and (out / "log.jsonl").exists():  # steps logged after the checkpoint we resume from are redone
+        kept = [ln for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
+        (out / "log.jsonl").write_text("".join(ln + "\n" for ln in kept))
     log = (out / "log.jsonl").open("a") if writer else None
+    began = last_save = time.perf_counter()
+    stopped = False
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="train", disable=rank != 0)
     for step in bar:
@@ -184,17 +192,56 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             log.write(json.dumps(row) + "\n")
             log.flush()
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}", ratio=drawn[-1] if drawn else "-")
-        if (rank == 0 or sync.sharded) and ((step + 1) % cfg.save_every == 0 or step + 1 == end):
+        now = time.perf_counter()
+        stopped = _agree(cfg.time_limit is not None and now - began > 60 * cfg.time_limit, world)
+        due = _agree(cfg.save_minutes is not None and now - last_save > 60 * cfg.save_minutes, world)
+        if (rank == 0 or sync.sharded) and ((step + 1) % cfg.save_every == 0 or step + 1 == end or stopped or due):
             save_checkpoint(out, step + 1, adapter, opt, {"seed": cfg.seed}, rank=rank, world=world,
                             sharded=sync.sharded)
+            last_save = time.perf_counter()
+        if stopped:
+            print(f"time limit of {cfg.time_limit} min reached after step {step + 1}", flush=True)
+            break
     bar.close()
     if world > 1:
         dist.barrier()
-    if writer and end == cfg.steps:
+    if writer and (end == cfg.steps or stopped):
         adapter.save(out / "adapter")
     bm.detach()
     model.eval()
     return out
+
+
+# settings a resumed run may change; every other one must match the run being resumed
+RESUME_MAY_CHANGE = {"steps", "stop_after", "save_every", "log_every", "time_limit", "save_minutes",
+                     "every_rank_writes", "checkpointing"}
+
+
+def check_resumable(out: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run in ``out`` made with other settings (it would mix two runs)."""
+    path = out / "train_config.json"
+    if not path.exists():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+    now = asdict(cfg)
+    differ = sorted(k for k in set(before) | set(now)
+                    if k not in RESUME_MAY_CHANGE and before.get(k, now.get(k)) != now.get(k, before.get(k)))
+    if differ:
+        shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differ)
+        raise ValueError(f"{out} holds a run with other settings ({shown}); use a new --out, or delete "
+                         f"{out} to start over")
+
+
+def _agree(flag: bool, world: int) -> bool:
+    """True on every rank if it is true on any (time limits must stop all ranks at one step)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
 
 
 @torch.no_grad()
