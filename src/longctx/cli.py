@@ -20,7 +20,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adapter", default=None,
                    help="beacon adapter directory or hub id; default: the shipped adapter for the embedded "
                         "model if present, else a copy-initialised (untrained) adapter; 'copy-init' forces the latter")
-    g.add_argument("--dtype", default="auto", help="bf16 (default), fp16 or fp32")
+    g.add_argument("--dtype", default="auto",
+                   help="auto (default: bf16 on GPUs and on CPUs with AMX/AVX-512 BF16, else fp32), bf16, fp16 or fp32")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--attn", default="sdpa", help="attention implementation of the base model (default sdpa)")
 
@@ -34,6 +35,13 @@ def _add_beacon_args(p: argparse.ArgumentParser, ratios=None, mix=None) -> None:
                    help="fixed | step-random | instance-random | sequence | adapt-K (e.g. adapt-1024: smallest "
                         "ratio that keeps positions within the model's window)")
     g.add_argument("--sink", type=int, default=None, help="first tokens kept ahead of the memory")
+
+
+def _say_dtype(model, args: argparse.Namespace) -> None:
+    from longctx.models import describe_dtype
+
+    w = model.get_input_embeddings().weight
+    print(describe_dtype(w.dtype, w.device, args.dtype), file=sys.stderr)
 
 
 def adapter_source(args: argparse.Namespace) -> str | None:
@@ -52,6 +60,7 @@ def build_beacon(args: argparse.Namespace):
     from longctx import BeaconAdapter, BeaconConfig, BeaconModel, load_model
 
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
+    _say_dtype(model, args)
     source = adapter_source(args)
     if source:
         adapter = BeaconAdapter.load(source, model)
@@ -228,6 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from longctx.eval.report import write_report
 
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
+    _say_dtype(model, args)
     source = adapter_source(args)
     adapter = BeaconAdapter.load(source, model) if source else None
     kw = {}

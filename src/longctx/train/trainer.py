@@ -149,7 +149,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     if rank == 0:
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
         print(f"trainable beacon parameters: {n_train:,} (base model frozen); {len(seqs)} sequences, "
-              f"{len(batches)} batches; starting at step {start}", flush=True)
+              f"{len(batches)} batches; base model in {cfg.dtype} (recipe), beacons in {cfg.beacon_dtype}; "
+              f"starting at step {start}", flush=True)
     writer = rank == 0 or cfg.every_rank_writes
     if writer and (out / "log.jsonl").exists():  # steps logged after the checkpoint we resume from are redone
         kept = [ln for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
