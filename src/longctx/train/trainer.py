@@ -213,6 +213,31 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     return out
 
 
+def export_adapter(run: str | Path, out: str | Path, model=None, step: int | None = None,
+                   dtype: torch.dtype | None = torch.bfloat16) -> Path:
+    """Write an adapter folder from a training run's checkpoint (the latest, or ``step``), e.g. to
+    evaluate a run in progress or ship one stopped early."""
+    from safetensors.torch import load_file
+
+    from longctx.models import load_model
+
+    run = Path(run)
+    cfg = TrainConfig(**json.loads((run / "train_config.json").read_text()))
+    ckpt = latest_checkpoint(run) if step is None else run / "checkpoints" / f"step-{step:08d}"
+    if ckpt is None or not ckpt.exists():
+        raise FileNotFoundError(f"no checkpoint in {run}" + (f" for step {step}" if step else ""))
+    if model is None:
+        model, _ = load_model(cfg.model, dtype=cfg.dtype, with_tokenizer=False)
+    beacon_cfg = BeaconConfig(window=cfg.window, ratios=cfg.ratios, ratio_mix=cfg.ratio_mix, sink=cfg.sink,
+                              projections=cfg.projections, seed=cfg.seed, embed_init=cfg.embed_init)
+    adapter = BeaconAdapter.from_model(model, beacon_cfg, dtype=torch.float32)
+    weights = load_file(str(ckpt / "weights.safetensors"))
+    with torch.no_grad():
+        for k, p in adapter.state_dict().items():
+            p.copy_(weights[k])
+    return adapter.save(out, dtype=dtype)
+
+
 # settings a resumed run may change; every other one must match the run being resumed
 RESUME_MAY_CHANGE = {"steps", "stop_after", "save_every", "log_every", "time_limit", "save_minutes",
                      "every_rank_writes", "checkpointing"}
