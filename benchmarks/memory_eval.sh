@@ -2,23 +2,25 @@
 # Does the beacon memory carry information? (issue 12) For one adapter, on held-out text:
 #   ppl    : recovered fraction at 4K/8K on 6 held-out documents (full, beacon r8, beacon-nomem r8)
 #   key    : passkey with the key only in the memory (--in-memory), 20 items per cell, ratio 4 at
-#            2,000 / 2,048 / 4,096 tokens and ratio 8 at 8K, beside truncation and sink+recent at
-#            the beacon's KV budget, and full attention where it fits
+#            2,000 and 2,048 tokens (key4k: 4,096; key8: ratio 8 at 8K), beside truncation and
+#            sink+recent at the beacon's KV budget, and full attention
 #   harm   : perplexity at 16K against truncation and sink+recent at the same KV budget
-# ADAPTER=dir (default: the shipped adapter), NAME=label, PARTS="ppl key harm"; resumable.
+# ADAPTER=dir (default: the shipped adapter), NAME=label, PARTS="ppl key key4k key8 harm"; resumable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LONGCTX_CACHE="${LONGCTX_CACHE:-$PWD/.cache}" HF_HUB_OFFLINE=1
 A="${ADAPTER:-adapters/smollm2-135m-beacon}"; N="${NAME:-shipped}"; O="docs/results/memory/$N"
 E=".venv/bin/longctx eval --adapter $A --window 512"
 SAMPLES="${SAMPLES:-20}"
-for part in ${PARTS:-ppl key harm}; do
+for part in ${PARTS:-ppl key key4k key8 harm}; do
   case $part in
     ppl)  $E ppl --text sotu-heldout --documents 6 --lengths 4k,8k --methods full,beacon:8,beacon-nomem:8 \
             --out "$O/ppl" > /dev/null ;;
-    key)  $E passkey --in-memory --samples "$SAMPLES" --lengths 2000,2048,4096 --ratio 4 \
-            --methods full,truncate,streaming,beacon:4,beacon-nomem:4 --out "$O/passkey-r4" > /dev/null
-          $E passkey --in-memory --samples "$SAMPLES" --lengths 8192 --ratio 8 --max-full-length 8192 \
+    key)  $E passkey --in-memory --samples "$SAMPLES" --lengths 2000,2048 --ratio 4 \
+            --methods full,truncate,streaming,beacon:4,beacon-nomem:4 --out "$O/passkey-r4" > /dev/null ;;
+    key4k) $E passkey --in-memory --samples "$SAMPLES" --lengths 4096 --ratio 4 \
+            --methods full,truncate,streaming,beacon:4 --out "$O/passkey-r4" > /dev/null ;;
+    key8) $E passkey --in-memory --samples "$SAMPLES" --lengths 8192 --ratio 8 \
             --methods full,truncate,streaming,beacon:8 --out "$O/passkey-r8" > /dev/null ;;
     harm) $E ppl --text sotu-heldout --documents 6 --lengths 16k --methods truncate,streaming,beacon:8 \
             --out "$O/ppl-16k" > /dev/null ;;
