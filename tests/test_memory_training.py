@@ -159,3 +159,17 @@ def test_passkey_in_memory_places_the_key_before_the_last_window(tok):
             needle = tok(" The pass key is", add_special_tokens=False).input_ids
             assert item.meta["needle_offset"] + 30 <= len(item.ids) - 512
             assert item.ids[item.meta["needle_offset"] : item.meta["needle_offset"] + len(needle)] == needle
+
+
+def test_export_adapter_from_a_checkpoint(tok, corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from longctx.train import train
+    from longctx.train.trainer import export_adapter
+
+    model = small(tok)
+    run = train(cfg(corpus, tmp_path / "run", steps=2, save_every=2, sink=1), model, tok)
+    out = export_adapter(run, tmp_path / "exported", model=model, dtype=None)
+    a, b = load_file(str(run / "adapter" / "adapter.safetensors")), load_file(str(out / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert BeaconAdapter.load(out, model).config.sink == 1

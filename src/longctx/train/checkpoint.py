@@ -100,13 +100,18 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, adapter, optimizer: torch.optim.Optimizer, rank: int = 0,
-                    sharded: bool = False) -> dict[str, Any]:
-    """Restore adapter weights and (this rank's share of) the optimizer state; returns the counters."""
+def load_weights(path: Path, adapter) -> None:
+    """Copy a checkpoint's trainable weights into ``adapter`` (no optimizer state)."""
     weights = load_file(str(path / "weights.safetensors"))
     with torch.no_grad():
         for k, p in adapter.state_dict().items():
             p.copy_(weights[k])
+
+
+def load_checkpoint(path: Path, adapter, optimizer: torch.optim.Optimizer, rank: int = 0,
+                    sharded: bool = False) -> dict[str, Any]:
+    """Restore adapter weights and (this rank's share of) the optimizer state; returns the counters."""
+    load_weights(path, adapter)
     meta = json.loads((path / "state.json").read_text())
     if sharded != (meta.get("sharded_world", 1) > 1):
         raise ValueError(f"{path} was written {'with' if meta.get('sharded_world', 1) > 1 else 'without'} sharded "

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
-from longctx.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from longctx.train.checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from longctx.train.data import group_by_windows, make_sequences, read_records, retrieval_sequences
 from longctx.train.fsdp import shard_base_layers
 from longctx.train.memory_tasks import copy_sequences, recall_sequences
@@ -79,6 +79,11 @@ class TrainConfig:
     fsdp: bool = False  # shard the frozen base model's decoder layers across ranks (FSDP2)
     every_rank_writes: bool = False  # each rank writes its own log and final adapter (checks; separate outs)
 
+    def beacon_config(self) -> BeaconConfig:
+        """The beacon settings this run trains."""
+        return BeaconConfig(window=self.window, ratios=self.ratios, ratio_mix=self.ratio_mix, sink=self.sink,
+                            projections=self.projections, seed=self.seed, embed_init=self.embed_init)
+
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> TrainConfig:
         return config_from_yaml(cls, path, overrides)
@@ -112,8 +117,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     torch.manual_seed(cfg.seed)
     if model is None:
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
-    beacon_cfg = BeaconConfig(window=cfg.window, ratios=cfg.ratios, ratio_mix=cfg.ratio_mix, sink=cfg.sink,
-                              projections=cfg.projections, seed=cfg.seed, embed_init=cfg.embed_init)
+    beacon_cfg = cfg.beacon_config()
     adapter = (BeaconAdapter.load(cfg.adapter, model, dtype=parse_dtype(cfg.beacon_dtype)) if cfg.adapter
                else BeaconAdapter.from_model(model, beacon_cfg, dtype=parse_dtype(cfg.beacon_dtype)))
     adapter.config = beacon_cfg
@@ -163,12 +167,12 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     for step in bar:
         t = time.perf_counter()
         batch_idx = batches[(step * world + rank) % len(batches)]
-        ids, labels, mask = _collate([seqs[i] for i in batch_idx])
-        kind = seqs[batch_idx[0]].get("kind", "text")
+        items = [seqs[i] for i in batch_idx]
+        ids, labels, mask = _collate(items)
+        kind = items[0].get("kind", "text")
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, cfg)
         bm.reset(sequence=step)
-        items = [seqs[i] for i in batch_idx]
         distill = cfg.distill if all(x.get("kind", "text") == "text" for x in items) else 0.0
         with torch.autocast(device_type=bm.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
             teacher = teacher_logits(model, ids.to(bm.device), mask.to(bm.device)) if distill else None
@@ -217,8 +221,6 @@ def export_adapter(run: str | Path, out: str | Path, model=None, step: int | Non
                    dtype: torch.dtype | None = torch.bfloat16) -> Path:
     """Write an adapter folder from a training run's checkpoint (the latest, or ``step``), e.g. to
     evaluate a run in progress or ship one stopped early."""
-    from safetensors.torch import load_file
-
     from longctx.models import load_model
 
     run = Path(run)
@@ -228,13 +230,8 @@ def export_adapter(run: str | Path, out: str | Path, model=None, step: int | Non
         raise FileNotFoundError(f"no checkpoint in {run}" + (f" for step {step}" if step else ""))
     if model is None:
         model, _ = load_model(cfg.model, dtype=cfg.dtype, with_tokenizer=False)
-    beacon_cfg = BeaconConfig(window=cfg.window, ratios=cfg.ratios, ratio_mix=cfg.ratio_mix, sink=cfg.sink,
-                              projections=cfg.projections, seed=cfg.seed, embed_init=cfg.embed_init)
-    adapter = BeaconAdapter.from_model(model, beacon_cfg, dtype=torch.float32)
-    weights = load_file(str(ckpt / "weights.safetensors"))
-    with torch.no_grad():
-        for k, p in adapter.state_dict().items():
-            p.copy_(weights[k])
+    adapter = BeaconAdapter.from_model(model, cfg.beacon_config(), dtype=torch.float32)
+    load_weights(ckpt, adapter)
     return adapter.save(out, dtype=dtype)
 
 
