@@ -193,7 +193,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """Import a reference Activation Beacon checkpoint as a longctx adapter (+ plain base model)."""
     from longctx.beacon.convert import import_reference
 
-    out = import_reference(args.ref_dir, args.out_dir, write_base=args.write_base)
+    out = import_reference(args.ref_dir, args.out_dir, write_base=args.write_base, force=args.force)
     base = f"{out}/base" if args.write_base else args.ref_dir
     print(f"wrote adapter {out}; base model weights: {base}")
     print(f"use: longctx generate FILE --model {base} --adapter {out}")
@@ -215,7 +215,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         tok = None  # the reference checkpoint is written without tokenizer files
     adapter = BeaconAdapter.load(args.adapter, model)
-    out = export_reference(adapter, model, args.out_dir, tok)
+    out = export_reference(adapter, model, args.out_dir, tok, force=args.force)
     print(f"wrote reference-format checkpoint {out}")
     return 0
 
@@ -342,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref_dir", help="reference checkpoint directory (config with beacon_* fields, safetensors weights)")
     p.add_argument("out_dir", help="where to write the longctx adapter")
     p.add_argument("--write-base", action="store_true", help="also write the base weights as a plain model in OUT_DIR/base")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="export an adapter in the reference checkpoint format", description=cmd_export.__doc__)
@@ -349,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="where to write the reference-format model")
     p.add_argument("--model", default="smollm2-135m", help="the adapter's base model (hub id, local dir, smollm2-135m)")
     p.add_argument("--dtype", default="bf16", help="dtype of the written weights (default bf16)")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="evaluate methods side by side on a long-context task", description=cmd_eval.__doc__)

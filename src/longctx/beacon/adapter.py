@@ -8,17 +8,19 @@ directory with ``adapter_config.json`` and ``adapter.safetensors`` (beacon weigh
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from longctx import compat
 from longctx.beacon.config import BeaconConfig
+from longctx.safefiles import replaced_dir, weight_files, write_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -147,28 +149,22 @@ class BeaconAdapter(nn.Module):
     def save(self, directory: str | Path, dtype: torch.dtype | None = None, max_shard_mb: float | None = None) -> Path:
         """Write ``adapter_config.json`` and the weights (in ``dtype`` if given): one
         ``adapter.safetensors``, or shards of at most ``max_shard_mb`` MiB listed in
-        ``adapter.safetensors.index.json``."""
+        ``adapter.safetensors.index.json``. The folder is replaced as a whole (a crash leaves the
+        previous adapter intact); a folder holding other files is refused."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            if not out.is_dir():
+                raise AdapterError(f"cannot save an adapter to {out}: it is a file")
+            foreign = sorted(p.name for p in out.iterdir() if not _is_adapter_file(p.name))
+            if foreign:
+                raise AdapterError(f"{out} holds files that are not part of an adapter ({foreign[:5]}); "
+                                   "save into a new or an adapter folder")
         tensors = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
-        if max_shard_mb is None:
-            save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
-        else:
-            limit, shards, size = max_shard_mb * 2**20 - 2**16, [{}], 0  # 64 KiB for each file's header
-            for k, v in tensors.items():
-                n = v.numel() * v.element_size()
-                if shards[-1] and size + n > limit:
-                    shards.append({})
-                    size = 0
-                shards[-1][k] = v
-                size += n
-            names = [f"adapter-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-            for name, part in zip(names, shards):
-                save_file(part, str(out / name), metadata={"format": FORMAT})
-            index = {"weight_map": {k: name for name, part in zip(names, shards) for k in part}}
-            (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
-        meta = {"format": FORMAT, "beacon": self.config.to_dict(), "base_model": self.signature}
-        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        with replaced_dir(out) as tmp:
+            write_tensors(tensors, tmp, WEIGHTS_FILE.removesuffix(".safetensors"), max_shard_mb, {"format": FORMAT})
+            meta = {"format": FORMAT, "beacon": self.config.to_dict(), "base_model": self.signature,
+                    "checksum": tensor_checksum(tensors)}
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         return out
 
     @classmethod
@@ -181,8 +177,13 @@ class BeaconAdapter(nn.Module):
             raise AdapterError(f"cannot read {directory / CONFIG_FILE}: {e}") from e
         if meta.get("format") != FORMAT:
             raise AdapterError(f"{directory} is not a longctx beacon adapter (format {meta.get('format')!r})")
+        if not isinstance(meta.get("beacon"), dict) or not isinstance(meta.get("base_model"), dict):
+            raise AdapterError(f"{directory / CONFIG_FILE} lacks its 'beacon' or 'base_model' section")
         config = BeaconConfig.from_dict(meta["beacon"])
         tensors = _read_weights(directory)
+        if "checksum" in meta and tensor_checksum(tensors) != meta["checksum"]:
+            raise AdapterError(f"adapter weights in {directory} do not match the checksum in its {CONFIG_FILE}: "
+                               "the files are damaged or come from different saves")
         adapter = cls.from_model(model, config, dtype=dtype)
         adapter.signature = dict(meta["base_model"])
         adapter.check(model)
@@ -205,18 +206,28 @@ class BeaconAdapter(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def _is_adapter_file(name: str) -> bool:
+    return name in (CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE) or (name.startswith("adapter-") and name.endswith(".safetensors"))
+
+
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``tensors`` (in name order)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The adapter's tensors from ``adapter.safetensors`` or from the shards its index lists."""
-    files = [directory / WEIGHTS_FILE]
-    if not files[0].exists() and (directory / INDEX_FILE).exists():
-        try:
-            weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise AdapterError(f"cannot read {directory / INDEX_FILE}: {e}") from e
-        names = sorted(set(weight_map.values()))
-        if any(Path(n).name != n or not n.endswith(".safetensors") for n in names):
-            raise AdapterError(f"{directory / INDEX_FILE} names files outside the adapter folder: {names}")
-        files = [directory / n for n in names]
+    try:
+        files = weight_files(directory, WEIGHTS_FILE.removesuffix(".safetensors"))
+    except ValueError as e:
+        raise AdapterError(str(e)) from e
+    if not files:
+        raise AdapterError(f"no {WEIGHTS_FILE} (or {INDEX_FILE}) in {directory}")
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         try:

@@ -4,7 +4,8 @@ A reference checkpoint is a whole HuggingFace model directory whose state dict a
 ``model.beacon_embed_tokens.weight`` and ``model.layers.{i}.self_attn.beacon_{q,k,v,o}_proj.*``
 and whose config holds ``beacon_*`` fields. ``import_reference`` splits it into a longctx
 adapter and (optionally) a plain base model; ``export_reference`` does the reverse.
-Only safetensors files are read (never pickle).
+Only safetensors files are read (never pickle); the ``beacon_*`` fields are mapped in
+:mod:`longctx.beacon.reference_config`.
 """
 
 from __future__ import annotations
@@ -16,103 +17,124 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
 
-from longctx.beacon.adapter import CONFIG_FILE, FORMAT, WEIGHTS_FILE
-from longctx.beacon.config import BeaconConfig, BeaconConfigError
+from longctx.beacon.adapter import CONFIG_FILE, FORMAT, WEIGHTS_FILE, tensor_checksum
+from longctx.beacon.reference_config import ConversionError, config_from_reference, config_to_reference
+from longctx.safefiles import ShardWriter, replaced_dir, weight_files, write_tensors
+
+__all__ = ["ConversionError", "config_from_reference", "config_to_reference", "export_reference", "import_reference"]
 
 _BEACON_KEY = re.compile(r"^model\.(beacon_embed_tokens\.weight|layers\.(\d+)\.self_attn\.beacon_([qkvo])_proj\.(weight|bias))$")
 _STOCK_ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                "qwen3": "Qwen3ForCausalLM"}
-_SCHEMES = {"full-coverage": "full-coverage", "step-expansion": "step-expansion", "segmentation": "segmentation"}
-_FIELDS = ("beacon_window", "beacon_stride", "beacon_attn", "beacon_ratio", "beacon_ratio_mix", "beacon_param",
-           "beacon_embed_init", "beacon_sink_size", "beacon_attend_prev", "beacon_pos")
+# config fields that point at remote code or belong to the beacon: never in the plain base config
+_DROP = ("auto_map", "custom_pipelines", "enable_beacon", "retrieval_method", "retrieval_topk", "retrieval_key_length")
+_TOKENIZER_FILES = ("special_tokens_map.json", "generation_config.json", "chat_template.jinja", "vocab.json",
+                    "merges.txt", "added_tokens.json")
+BASE_SHARD_MB = 4096  # shards of the written base model (7B: a few files, never one 14 GB file)
 
 
-class ConversionError(ValueError):
-    """A reference checkpoint longctx cannot represent, or a malformed one."""
-
-
-def config_from_reference(cfg: dict[str, Any]) -> BeaconConfig:
-    """Map the reference ``beacon_*`` config fields to a :class:`BeaconConfig`."""
-    if "beacon_window" not in cfg:
-        raise ConversionError("config.json has no beacon_window: not a reference beacon checkpoint")
-    window = int(cfg["beacon_window"])
-    stride = int(cfg.get("beacon_stride", window))
-    if stride != window:
-        raise ConversionError(f"beacon_stride={stride} differs from beacon_window={window}; longctx supports stride == window")
-    attn = cfg.get("beacon_attn", "full-coverage")
-    if attn not in _SCHEMES:
-        raise ConversionError(f"beacon_attn={attn!r} is not supported (supported: {sorted(_SCHEMES)})")
-    ratios = cfg.get("beacon_ratio", [8])
-    ratios = [int(r) for r in (ratios if isinstance(ratios, list) else [ratios])]
-    params = cfg.get("beacon_param", ["q", "k", "v"])
-    params = [params] if isinstance(params, str) else list(params)
-    extra = sorted(k for k in cfg if k.startswith("beacon_") and k not in _FIELDS)
-    if extra:
-        raise ConversionError(f"unsupported reference config fields: {extra}")
+def _model_files(directory: Path) -> list[Path]:
+    """Only the model's weights: model.safetensors or the shards of model.safetensors.index.json."""
     try:
-        return BeaconConfig(
-            window=window, ratios=ratios, ratio_mix=cfg.get("beacon_ratio_mix", "step-random"),
-            placement=cfg.get("beacon_pos", "interleave"), scheme=_SCHEMES[attn], projections=params,
-            embed_init=cfg.get("beacon_embed_init", "eos"), sink=int(cfg.get("beacon_sink_size", 0)),
-            attend_prev=bool(cfg.get("beacon_attend_prev", True)),
-        )
-    except BeaconConfigError as e:
-        raise ConversionError(f"reference config cannot be represented: {e}") from e
-
-
-def config_to_reference(config: BeaconConfig) -> dict[str, Any]:
-    return {"beacon_window": config.window, "beacon_stride": config.window, "beacon_attn": config.scheme,
-            "beacon_ratio": list(config.ratios), "beacon_ratio_mix": config.ratio_mix,
-            "beacon_param": list(config.projections), "beacon_embed_init": config.embed_init,
-            "beacon_sink_size": config.sink, "beacon_attend_prev": config.attend_prev, "beacon_pos": config.placement}
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        if list(directory.glob("*.bin")) or list(directory.glob("*.pt")):
-            raise ConversionError(f"{directory} holds only pickle weights (.bin/.pt); longctx reads safetensors only. "
-                                  "Convert them with a trusted tool first.")
-        raise ConversionError(f"no .safetensors weights in {directory}")
-    return files
+        files = weight_files(directory, "model")
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
+    if files:
+        return files
+    if list(directory.glob("*.bin")) or list(directory.glob("*.pt")):
+        raise ConversionError(f"{directory} holds only pickle weights (.bin/.pt); longctx reads safetensors only. "
+                              "Convert them with a trusted tool first.")
+    raise ConversionError(f"no model.safetensors (or model.safetensors.index.json) in {directory}")
 
 
 def _signature(cfg: dict[str, Any]) -> dict[str, Any]:
+    missing = [k for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in cfg]
+    if missing:
+        raise ConversionError(f"config.json lacks {missing}")
     heads = cfg["num_attention_heads"]
     return {"model_type": cfg["model_type"], "hidden_size": cfg["hidden_size"],
             "num_hidden_layers": cfg["num_hidden_layers"], "num_attention_heads": heads,
-            "num_key_value_heads": cfg.get("num_key_value_heads", heads),
+            "num_key_value_heads": cfg.get("num_key_value_heads") or heads,
             "head_dim": cfg.get("head_dim") or cfg["hidden_size"] // heads}
 
 
-def import_reference(ref_dir: str | Path, out_dir: str | Path, write_base: bool = False,
-                     dtype: torch.dtype | None = None) -> Path:
-    """Write a longctx adapter (and, with ``write_base``, a plain base model in ``out_dir/base``)."""
-    ref, out = Path(ref_dir), Path(out_dir)
-    cfg = json.loads((ref / "config.json").read_text())
-    config = config_from_reference(cfg)
+def _expected_shape(sig: dict[str, Any], proj: str, kind: str) -> tuple[int, ...]:
+    hidden, d = sig["hidden_size"], sig["head_dim"]
+    out_in = {"q": (sig["num_attention_heads"] * d, hidden), "k": (sig["num_key_value_heads"] * d, hidden),
+              "v": (sig["num_key_value_heads"] * d, hidden), "o": (hidden, sig["num_attention_heads"] * d)}[proj]
+    return out_in if kind == "weight" else out_in[:1]
+
+
+def _check_output(ref: Path, out: Path, force: bool) -> None:
+    r, o = ref.resolve(), out.resolve()
+    if o == r or r in o.parents or o in r.parents:
+        raise ConversionError(f"the output {out} must lie outside the reference checkpoint {ref} (and not contain it)")
+    if out.exists():
+        if not out.is_dir():
+            raise ConversionError(f"the output {out} is a file")
+        if any(out.iterdir()) and not force:
+            raise ConversionError(f"the output {out} is not empty; choose a new folder or pass --force to replace it")
+
+
+def _read_beacon(files: list[Path], sig: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The beacon tensors only (the base weights are not read here), checked for shape and values."""
     beacon: dict[str, torch.Tensor] = {}
-    base: dict[str, torch.Tensor] = {}
-    for f in _weight_files(ref):
-        with safe_open(str(f), framework="pt") as st:
-            for key in st.keys():
-                t = st.get_tensor(key)
-                m = _BEACON_KEY.match(key)
-                if not m:
-                    base[key] = t
-                elif m.group(1) == "beacon_embed_tokens.weight":
-                    beacon["embed"] = t
-                else:
-                    beacon[f"layers.{m.group(2)}.{m.group(3)}.{m.group(4)}"] = t
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    m = _BEACON_KEY.match(key)
+                    if not m:
+                        continue
+                    t = st.get_tensor(key)
+                    if m.group(1) == "beacon_embed_tokens.weight":
+                        name, shape = "embed", (1, sig["hidden_size"])
+                    else:
+                        layer = int(m.group(2))
+                        if layer >= sig["num_hidden_layers"]:
+                            raise ConversionError(f"{key}: layer {layer} does not exist (the model has "
+                                                  f"{sig['num_hidden_layers']} layers)")
+                        name = f"layers.{layer}.{m.group(3)}.{m.group(4)}"
+                        shape = _expected_shape(sig, m.group(3), m.group(4))
+                    if tuple(t.shape) != shape:
+                        raise ConversionError(f"{key} has shape {tuple(t.shape)}, expected {shape}")
+                    if t.is_floating_point() and not torch.isfinite(t).all():
+                        raise ConversionError(f"{key} holds non-finite values (NaN or inf)")
+                    beacon[name] = t
+        except SafetensorError as e:
+            raise ConversionError(f"cannot read {f}: {e}") from e
+    return beacon
+
+
+def import_reference(ref_dir: str | Path, out_dir: str | Path, write_base: bool = False,
+                     dtype: torch.dtype | None = None, force: bool = False,
+                     base_shard_mb: float = BASE_SHARD_MB) -> Path:
+    """Write a longctx adapter (and, with ``write_base``, a plain base model in ``out_dir/base``).
+
+    Reads only the model's weights, shard by shard, so at most one shard's tensors are held at
+    a time; the output folder appears whole or not at all; an existing non-empty output is
+    replaced only with ``force``.
+    """
+    ref, out = Path(ref_dir), Path(out_dir)
+    if not (ref / "config.json").is_file():
+        raise ConversionError(f"{ref} has no config.json: not a checkpoint folder")
+    try:
+        cfg = json.loads((ref / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConversionError(f"cannot read {ref / 'config.json'}: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ConversionError(f"{ref / 'config.json'} is not a JSON object")
+    config = config_from_reference(cfg)
+    files = _model_files(ref)
+    sig = _signature(cfg)
+    _check_output(ref, out, force)
+    tokenizer_files = _tokenizer_files(ref) if write_base else []
+    beacon = _read_beacon(files, sig)
     if "embed" not in beacon:
         raise ConversionError("the checkpoint has no model.beacon_embed_tokens.weight")
-    if beacon["embed"].dim() != 2 or beacon["embed"].shape[0] != 1:
-        raise ConversionError(f"beacon embedding has shape {tuple(beacon['embed'].shape)}, expected [1, hidden]")
-    n_layers = cfg["num_hidden_layers"]
-    for i in range(n_layers):
+    for i in range(sig["num_hidden_layers"]):
         for p in config.projections:
             if f"layers.{i}.{p}.weight" not in beacon:
                 raise ConversionError(f"layer {i} has no beacon_{p}_proj.weight although beacon_param lists {p!r}")
@@ -121,36 +143,72 @@ def import_reference(ref_dir: str | Path, out_dir: str | Path, write_base: bool 
         raise ConversionError(f"the checkpoint holds beacon projections {stray} that beacon_param does not list")
     if dtype is not None:
         beacon = {k: v.to(dtype) for k, v in beacon.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in beacon.items()}, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
-    meta = {"format": FORMAT, "beacon": config.to_dict(), "base_model": _signature(cfg),
-            "converted_from": str(ref), "base_model_path": str(out / "base") if write_base else str(ref)}
-    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    if write_base:
-        _write_plain_model(ref, cfg, base, out / "base")
+    with replaced_dir(out) as tmp:
+        write_tensors(beacon, tmp, WEIGHTS_FILE.removesuffix(".safetensors"), metadata={"format": FORMAT})
+        meta = {"format": FORMAT, "beacon": config.to_dict(), "base_model": sig, "checksum": tensor_checksum(beacon),
+                "converted_from": str(ref), "base_model_path": str(out / "base") if write_base else str(ref)}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        if write_base:
+            _write_plain_model(cfg, files, tokenizer_files, tmp / "base", dtype, base_shard_mb)
     return out
 
 
-def _write_plain_model(ref: Path, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], out: Path) -> None:
+def _tokenizer_files(ref: Path) -> list[Path]:
+    """Tokenizer files to copy: real files, or links into the hub cache's own blob store."""
+    out = []
+    root = ref.resolve()
+    blobs = ref.parent.parent / "blobs" if ref.parent.name == "snapshots" else None
+    for f in sorted(ref.iterdir()):
+        if not (f.name.startswith("tokenizer") or f.name in _TOKENIZER_FILES) or f.is_dir():
+            continue
+        if f.is_symlink():
+            target = f.resolve()
+            inside = root in target.parents or (blobs is not None and blobs.resolve() in target.parents)
+            if not inside:
+                raise ConversionError(f"{f} is a link to {target}, outside the checkpoint; copy the real file there")
+        if f.is_file():
+            out.append(f)
+    return out
+
+
+def _write_plain_model(cfg: dict[str, Any], files: list[Path], tokenizer_files: list[Path], out: Path,
+                       dtype: torch.dtype | None, shard_mb: float) -> None:
+    """The base model without beacon tensors, streamed tensor by tensor into shards."""
     out.mkdir(parents=True, exist_ok=True)
-    plain = {k: v for k, v in cfg.items() if not k.startswith("beacon_") and k != "auto_map"}
+    writer = ShardWriter(out, "model", shard_mb, {"format": "pt"})
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                if not _BEACON_KEY.match(key):
+                    t = st.get_tensor(key)
+                    writer.add(key, t.to(dtype) if dtype is not None and t.is_floating_point() else t)
+    writer.close()
+    plain = {k: v for k, v in cfg.items() if not k.startswith("beacon_") and k not in _DROP}
     if plain["model_type"] in _STOCK_ARCH:
         plain["architectures"] = [_STOCK_ARCH[plain["model_type"]]]
     (out / "config.json").write_text(json.dumps(plain, indent=2))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
-    for name in ref.iterdir():
-        if name.is_file() and (name.name.startswith("tokenizer") or name.name in (
-                "special_tokens_map.json", "generation_config.json", "chat_template.jinja", "vocab.json", "merges.txt")):
-            shutil.copy(name, out / name.name)
+    for f in tokenizer_files:
+        if f.name == "tokenizer_config.json":
+            try:
+                tc = json.loads(f.read_text())
+            except json.JSONDecodeError as e:
+                raise ConversionError(f"cannot read {f}: {e}") from e
+            tc.pop("auto_map", None)
+            (out / f.name).write_text(json.dumps(tc, indent=2))
+        else:
+            shutil.copyfile(f, out / f.name)
 
 
-def export_reference(adapter, model, out_dir: str | Path, tokenizer: Any = None) -> Path:
-    """Write ``model`` + ``adapter`` as one reference-format checkpoint directory."""
+def export_reference(adapter, model, out_dir: str | Path, tokenizer: Any = None, force: bool = False,
+                     shard_mb: float = BASE_SHARD_MB) -> Path:
+    """Write ``model`` + ``adapter`` as one reference-format checkpoint directory (a non-empty
+    ``out_dir`` is replaced only with ``force``)."""
     from longctx import compat
 
     adapter.check(model)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        raise ConversionError(f"the output {out} exists; choose a new folder or pass --force to replace it")
     if adapter.attached:
         raise ConversionError("detach the adapter before exporting (the model's own weights are written)")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -162,10 +220,11 @@ def export_reference(adapter, model, out_dir: str | Path, tokenizer: Any = None)
         else:
             _, i, p, kind = k.split(".")
             tensors[f"model.layers.{i}.self_attn.beacon_{p}_proj.{kind}"] = v.detach().cpu().contiguous()
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg = model.config.to_dict()
     cfg.update(config_to_reference(adapter.config))
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    with replaced_dir(out) as tmp:
+        write_tensors(tensors, tmp, "model", shard_mb, {"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return out

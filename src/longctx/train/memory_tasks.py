@@ -84,7 +84,11 @@ def _value(r: random.Random, kind: str) -> str:
     return r.choice(WORDS)
 
 
-def _facts(r: random.Random, n: int) -> list[dict[str, str]]:
+VALUE_KINDS = ("number", "code", "name", "city", "word")
+
+
+def _facts(r: random.Random, n: int, kinds: tuple[str, ...] | None = None) -> list[dict[str, str]]:
+    attributes = [a for a in ATTRIBUTES if kinds is None or a[1] in kinds]
     subjects: set[str] = set()
     out = []
     while len(out) < n:
@@ -92,7 +96,7 @@ def _facts(r: random.Random, n: int) -> list[dict[str, str]]:
         if subj in subjects:
             continue
         subjects.add(subj)
-        attr, kind = r.choice(ATTRIBUTES)
+        attr, kind = r.choice(attributes)
         out.append({"subj": subj, "attr": attr, "val": _value(r, kind)})
     return out
 
@@ -116,18 +120,25 @@ def _filler(tok: Any, r: random.Random, texts: list[str], n_tokens: int) -> tupl
 
 
 def recall_sequences(tok: Any, n: int, min_length: int, max_length: int, seed: int, texts: list[str],
-                     max_facts: int = 6, open_window: int = 0) -> list[dict]:
+                     max_facts: int = 6, open_window: int = 0, kinds: list[str] | None = None) -> list[dict]:
     """Several facts hidden in filler, all asked for at the end (loss on the answers only).
 
     With ``open_window`` > 0 the facts are placed before the last ``open_window`` tokens of the
-    context most of the time (so only the memory holds them), sometimes anywhere.
+    context most of the time (so only the memory holds them), sometimes anywhere. ``kinds``
+    restricts the value kinds (:data:`VALUE_KINDS`; default all).
     """
     from longctx.eval.tasks.base import chat_prompt, insert_at_depths, overhead
 
+    if kinds is not None:
+        unknown = sorted(set(kinds) - set(VALUE_KINDS))
+        if unknown or not kinds:
+            raise ValueError(f"recall kinds {unknown or kinds} are not a non-empty subset of {VALUE_KINDS}")
+    if max_facts < 1:
+        raise ValueError(f"recall max_facts must be at least 1, got {max_facts}")
     out = []
     for i in range(n):
         r = random.Random(f"{seed}/recall/{i}")
-        facts = _facts(r, r.randint(1, max_facts))
+        facts = _facts(r, r.randint(1, max_facts), tuple(kinds) if kinds else None)
         stmts = [tok(" " + r.choice(STATEMENTS).format(**f), add_special_tokens=False).input_ids for f in facts]
         order = list(range(len(facts)))
         r.shuffle(order)

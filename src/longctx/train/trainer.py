@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +72,9 @@ class TrainConfig:
     holdout: list[str] = field(default_factory=list)  # sources never trained on (substring match)
     retrieval: int = 0  # synthetic retrieval sequences added to the text (loss on the answers only)
     recall: int = 0  # multi-fact recall sequences (memory_tasks.recall_sequences)
+    recall_kinds: list[str] | None = None  # value kinds of the recall facts (default: all)
+    recall_facts: int = 6  # at most this many facts per recall sequence
+    text_sequences: int | None = None  # at most this many prose sequences (seeded sample; default: all)
     copy: int = 0  # span-copy sequences (memory_tasks.copy_sequences)
     distill: float = 0.0  # on text: weight of KL from the frozen model's full-attention predictions (1 = KL only)
     sink: int = 0  # first tokens kept ahead of the memory
@@ -130,11 +134,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     records = [r for r in read_records(cfg.data) if not any(h in r.get("source", "") for h in cfg.holdout)]
     seqs = make_sequences(iter(records), tokenizer, cfg.min_length, cfg.max_length)
     texts = [r["text"] for r in records if "text" in r]
+    if cfg.text_sequences is not None and len(seqs) > cfg.text_sequences:
+        seqs = random.Random(cfg.seed).sample(seqs, cfg.text_sequences)
     if cfg.retrieval:
         seqs += retrieval_sequences(tokenizer, cfg.retrieval, cfg.min_length, cfg.max_length, cfg.seed, texts)
     if cfg.recall:
         seqs += recall_sequences(tokenizer, cfg.recall, cfg.min_length, cfg.max_length, cfg.seed, texts,
-                                 open_window=cfg.window)
+                                 max_facts=cfg.recall_facts, open_window=cfg.window, kinds=cfg.recall_kinds)
     if cfg.copy:
         seqs += copy_sequences(tokenizer, cfg.copy, cfg.min_length, cfg.max_length, cfg.seed, texts,
                                open_window=cfg.window)

@@ -1,0 +1,129 @@
+"""Safetensors files written the careful way: sharded where large, streamed tensor by tensor,
+and a whole folder replaced at once so a crash never leaves half a new version.
+
+* :class:`ShardWriter` collects tensors and writes a shard whenever the next one would pass the
+  limit: ``{stem}.safetensors``, or ``{stem}-0000i-of-0000n.safetensors`` listed in
+  ``{stem}.safetensors.index.json`` (the layout transformers reads).
+* :func:`weight_files` lists the files of one such layout (never a file outside the folder).
+* :func:`replaced_dir` yields a fresh temporary folder beside the target; when the block ends
+  without an error it takes the target's place, otherwise it is removed and the target is left
+  as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+HEADER_RESERVE = 2**16  # bytes kept free in each shard for its header
+
+
+class ShardWriter:
+    """Write tensors as one file or as shards of at most ``max_shard_mb`` MiB (None: one file)."""
+
+    def __init__(self, directory: str | Path, stem: str, max_shard_mb: float | None = None,
+                 metadata: dict[str, str] | None = None):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.stem = stem
+        self.limit = None if max_shard_mb is None else max(1, int(max_shard_mb * 2**20) - HEADER_RESERVE)
+        self.metadata = metadata or {}
+        self.pending: dict[str, torch.Tensor] = {}
+        self.size = 0
+        self.parts: list[tuple[Path, list[str]]] = []
+        self.total = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self.pending or any(name in keys for _, keys in self.parts):
+            raise ValueError(f"tensor {name!r} written twice")
+        n = tensor.numel() * tensor.element_size()
+        if self.limit is not None and self.pending and self.size + n > self.limit:
+            self._flush()
+        self.pending[name] = tensor.detach().contiguous().cpu()
+        self.size += n
+        self.total += n
+
+    def _flush(self) -> None:
+        path = self.directory / f".{self.stem}-part{len(self.parts):05d}.tmp"
+        save_file(self.pending, str(path), metadata=self.metadata)
+        self.parts.append((path, list(self.pending)))
+        self.pending, self.size = {}, 0
+
+    def close(self) -> list[str]:
+        """Write what is left and name the files; returns the file names."""
+        if self.pending or not self.parts:
+            self._flush()
+        if len(self.parts) == 1:
+            name = f"{self.stem}.safetensors"
+            os.replace(self.parts[0][0], self.directory / name)
+            return [name]
+        n = len(self.parts)
+        names, weight_map = [], {}
+        for i, (path, keys) in enumerate(self.parts):
+            name = f"{self.stem}-{i + 1:05d}-of-{n:05d}.safetensors"
+            os.replace(path, self.directory / name)
+            names.append(name)
+            weight_map.update(dict.fromkeys(keys, name))
+        index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
+        (self.directory / f"{self.stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        return names
+
+
+def write_tensors(tensors: dict[str, torch.Tensor], directory: str | Path, stem: str,
+                  max_shard_mb: float | None = None, metadata: dict[str, str] | None = None) -> list[str]:
+    writer = ShardWriter(directory, stem, max_shard_mb, metadata)
+    for k, v in tensors.items():
+        writer.add(k, v)
+    return writer.close()
+
+
+def weight_files(directory: str | Path, stem: str) -> list[Path]:
+    """The files of ``{stem}.safetensors`` or of the shards its index lists; [] if neither.
+    Raises ValueError for an unreadable index or one naming files outside the folder."""
+    directory = Path(directory)
+    single = directory / f"{stem}.safetensors"
+    if single.is_file():
+        return [single]
+    index = directory / f"{stem}.safetensors.index.json"
+    if not index.exists():
+        return []
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"cannot read {index}: {e}") from e
+    if any(not isinstance(n, str) or Path(n).name != n or not n.endswith(".safetensors") for n in names):
+        raise ValueError(f"{index} names files outside its folder: {names}")
+    missing = [n for n in names if not (directory / n).is_file()]
+    if missing:
+        raise ValueError(f"{index} lists shards that are not there: {missing}")
+    return [directory / n for n in names]
+
+
+@contextmanager
+def replaced_dir(target: str | Path) -> Iterator[Path]:
+    """A temporary folder that replaces ``target`` when the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
