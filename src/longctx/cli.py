@@ -165,7 +165,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     n = bm.read(text, progress=True)
     path = bm.save_memory(args.out)
     print(f"read {n:,} tokens in {time.perf_counter() - t:.1f} s; memory holds {bm.kv_entries()[0]:,} KV entries "
-          f"per layer ({bm.memory.kv_bytes() / 2**20:.1f} MiB); saved to {path} (+ .json)")
+          f"per layer ({bm.memory.kv_bytes() / 2**20:.1f} MiB); saved to {path}")
     return 0
 
 
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="read an input once and save its compressed memory",
                        description=cmd_compress.__doc__)
     p.add_argument("input", nargs="?", default="moby-dick", help="text file, '-' for stdin, or 'moby-dick'")
-    p.add_argument("--out", required=True, help="memory file to write (safetensors; a .json is written beside it)")
+    p.add_argument("--out", required=True, help="memory file to write (one safetensors file)")
     _add_model_args(p)
     _add_beacon_args(p, ratios=[2, 4, 8, 16, 32, 64, 128], mix="adapt-1024")
     p.set_defaults(func=cmd_compress)

@@ -12,6 +12,7 @@ and a whole folder replaced at once so a crash never leaves half a new version.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -127,3 +128,45 @@ def replaced_dir(target: str | Path) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``tensors`` (in name order)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def module_fingerprint(module: torch.nn.Module, sample: int = 256, exclude: torch.nn.Module | None = None) -> str:
+    """A cheap identity of a model's weights: sha256 over every parameter's name and shape and
+    ``sample`` evenly spaced values of it, rounded to bf16 so the same model in another dtype
+    matches (a same-shape model with other weights differs). Parameters of ``exclude`` (an
+    attached adapter) are left out, so the identity is the same attached or not."""
+    skip = {id(p) for p in exclude.parameters()} if exclude is not None else set()
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if id(p) in skip:
+                continue
+            name = name.replace(".base.", ".")  # a projection wrapped by the adapter
+            flat = p.detach().reshape(-1)
+            idx = torch.linspace(0, flat.numel() - 1, min(sample, flat.numel()), device=flat.device).long()
+            h.update(f"{name}|{tuple(p.shape)}|".encode())
+            h.update(memoryview(flat.index_select(0, idx).to(torch.bfloat16).float().cpu().numpy()))
+    return h.hexdigest()[:32]
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
+    """One safetensors file written beside ``path`` and moved into place (all or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

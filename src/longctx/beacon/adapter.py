@@ -8,7 +8,6 @@ directory with ``adapter_config.json`` and ``adapter.safetensors`` (beacon weigh
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from torch import nn
 
 from longctx import compat
 from longctx.beacon.config import BeaconConfig
-from longctx.safefiles import replaced_dir, weight_files, write_tensors
+from longctx.safefiles import replaced_dir, tensor_checksum, weight_files, write_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -208,16 +207,6 @@ class BeaconAdapter(nn.Module):
 
 def _is_adapter_file(name: str) -> bool:
     return name in (CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE) or (name.startswith("adapter-") and name.endswith(".safetensors"))
-
-
-def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over the names, dtypes, shapes and bytes of ``tensors`` (in name order)."""
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k].detach().contiguous().cpu()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
 
 
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from longctx.beacon.adapter import CONFIG_FILE, FORMAT, WEIGHTS_FILE, tensor_checksum
+from longctx.beacon.adapter import CONFIG_FILE, FORMAT, WEIGHTS_FILE
 from longctx.beacon.reference_config import ConversionError, config_from_reference, config_to_reference
-from longctx.safefiles import ShardWriter, replaced_dir, weight_files, write_tensors
+from longctx.safefiles import ShardWriter, replaced_dir, tensor_checksum, weight_files, write_tensors
 
 __all__ = ["ConversionError", "config_from_reference", "config_to_reference", "export_reference", "import_reference"]
 

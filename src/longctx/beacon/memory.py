@@ -4,7 +4,7 @@ Per sample it tracks how many entries are fixed (sink + memory) and what the ope
 holds. Compaction keeps the sink and the beacons of a closed window and re-rotates each
 moved key by the change of its position (RoPE rotations compose). In a batch, each
 sample's entries are right-aligned in the cache; entries to their left are padding.
-A memory can be saved to a safetensors file plus JSON and loaded later.
+A memory can be saved to one safetensors file (state in its header) and loaded later.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
 
 from longctx import compat
 from longctx.beacon.config import BeaconConfig
+from longctx.safefiles import atomic_save
 
-FORMAT = "longctx-memory/1"
+FORMAT = "longctx-memory/2"
+FORMAT_V1 = "longctx-memory/1"
 
 
 class MemoryFileError(ValueError):
@@ -116,46 +118,101 @@ class BeaconMemory:
             compat.set_cache_kv(self.cache, i, k, v)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path, config: BeaconConfig, signature: dict[str, Any]) -> Path:
-        """Write ``path`` (safetensors: per-layer keys/values) and ``path.json`` (state)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, path: str | Path, config: BeaconConfig, signature: dict[str, Any],
+             identity: dict[str, str] | None = None) -> Path:
+        """Write ``path``: one safetensors file with the per-layer keys/values and, in its header,
+        the stream state, the beacon settings, the model's shape and ``identity`` (fingerprints
+        of the adapter and the base model). Written beside ``path`` and moved into place, so a
+        crash leaves the previous file."""
         tensors = {}
         for i, (k, v) in enumerate(compat.cache_kv(self.cache)):
             tensors[f"layers.{i}.keys"] = k.detach().contiguous().cpu()
             tensors[f"layers.{i}.values"] = v.detach().contiguous().cpu()
-        save_file(tensors, str(path), metadata={"format": FORMAT})
         state = {
             "format": FORMAT,
             "sequence": self.sequence,
             "samples": [asdict(s) for s in self.samples],
             "beacon": config.to_dict(),
             "base_model": signature,
+            "identity": identity or {},
+            "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch.") if tensors else None,
             "meta": self.meta,
         }
-        Path(str(path) + ".json").write_text(json.dumps(state))
-        return path
+        return atomic_save(tensors, path, {"format": FORMAT, "state": json.dumps(state)})
 
     @classmethod
-    def load(cls, path: str | Path, signature: dict[str, Any],
-             device: torch.device | str = "cpu") -> tuple[BeaconMemory, BeaconConfig]:
-        """Read a saved memory and the beacon settings it was made with."""
+    def load(cls, path: str | Path, signature: dict[str, Any], device: torch.device | str = "cpu",
+             identity: dict[str, str] | None = None,
+             dtype: torch.dtype | None = None) -> tuple[BeaconMemory, BeaconConfig]:
+        """Read a saved memory and the beacon settings it was made with, checked against the
+        model's shape and, where both are known, the adapter's and model's fingerprints."""
         path = Path(path)
+        tensors, state = _read_memory_file(path)
+        where = f"memory {path}"
+        if state.get("format") not in (FORMAT, FORMAT_V1):
+            raise MemoryFileError(f"{path} is not a longctx memory (format {state.get('format')!r})")
+        unknown = sorted(set(state) - STATE_KEYS)
+        if unknown:
+            raise MemoryFileError(f"{where}: unknown fields {unknown} in its state")
+        if state.get("base_model") != signature:
+            raise MemoryFileError(f"{where} was made with another base model: {state.get('base_model')} vs {signature}")
+        for key, mine in (identity or {}).items():
+            theirs = state.get("identity", {}).get(key)
+            if theirs is not None and theirs != mine:
+                raise MemoryFileError(f"{where} was made with another {key} (fingerprint {theirs} vs {mine}); "
+                                      f"compress the text again with this {key}")
         try:
-            state = json.loads(Path(str(path) + ".json").read_text())
-            tensors = load_file(str(path))
-        except Exception as e:  # noqa: BLE001 - any read failure is reported the same way
-            raise MemoryFileError(f"cannot read saved memory {path}: {e}") from e
-        if state.get("format") != FORMAT:
-            raise MemoryFileError(f"{path} is not a longctx memory")
-        if state["base_model"] != signature:
-            raise MemoryFileError(f"memory {path} was made with another base model: {state['base_model']} vs {signature}")
-        mem_cfg = BeaconConfig.from_dict(state["beacon"])
-        mem = cls(len(state["samples"]), state["sequence"])
-        mem.samples = [SampleState(**s) for s in state["samples"]]
+            mem_cfg = BeaconConfig.from_dict(state["beacon"])
+            samples = [SampleState(**s) for s in state["samples"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise MemoryFileError(f"{where}: malformed state ({e})") from e
+        if not samples:
+            raise MemoryFileError(f"{where} holds no samples")
+        layers = signature["num_hidden_layers"]
+        expected = {f"layers.{i}.{kv}" for i in range(layers) for kv in ("keys", "values")}
+        if set(tensors) != expected:
+            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+            raise MemoryFileError(f"{where} does not hold {layers} layers of keys/values: missing {missing[:4]}, "
+                                  f"unexpected {extra[:4]}")
+        need = max(s.entries for s in samples)
+        shape = None
+        for name, t in tensors.items():
+            want = (len(samples), signature["num_key_value_heads"], signature["head_dim"])
+            if t.dim() != 4 or (t.shape[0], t.shape[1], t.shape[3]) != want:
+                raise MemoryFileError(f"{where}: {name} has shape {tuple(t.shape)}, expected "
+                                      f"[{want[0]}, {want[1]}, length, {want[2]}]")
+            if shape is not None and t.shape != shape:
+                raise MemoryFileError(f"{where}: {name} has shape {tuple(t.shape)}, other layers {tuple(shape)}")
+            shape = t.shape
+            if not torch.isfinite(t).all():
+                raise MemoryFileError(f"{where}: {name} holds non-finite values")
+        if shape[2] < need:
+            raise MemoryFileError(f"{where}: its state counts {need} entries but the tensors hold {shape[2]}")
+        mem = cls(len(samples), state["sequence"])
+        mem.samples = samples
         mem.meta = state.get("meta", {})
-        n_layers = len([k for k in tensors if k.endswith(".keys")])
         mem.cache = compat.cache_from_tensors(
-            [(tensors[f"layers.{i}.keys"].to(device), tensors[f"layers.{i}.values"].to(device)) for i in range(n_layers)]
+            [(tensors[f"layers.{i}.keys"].to(device=device, dtype=dtype),
+              tensors[f"layers.{i}.values"].to(device=device, dtype=dtype)) for i in range(layers)]
         )
         return mem, mem_cfg
+
+
+STATE_KEYS = {"format", "sequence", "samples", "beacon", "base_model", "identity", "dtype", "meta"}
+
+
+def _read_memory_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and state of a memory file (the state in its header; older files: ``path.json``)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        raw = header.get("state")
+        if raw is None:  # longctx-memory/1: state in a sidecar file
+            raw = Path(str(path) + ".json").read_text()
+        state = json.loads(raw)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise MemoryFileError(f"cannot read saved memory {path}: {e}") from e
+    if not isinstance(state, dict):
+        raise MemoryFileError(f"cannot read saved memory {path}: its state is not a JSON object")
+    return tensors, state

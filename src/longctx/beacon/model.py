@@ -29,6 +29,7 @@ from longctx.beacon.plan import (
     window_mask,
 )
 from longctx.chat import chat_parts
+from longctx.safefiles import module_fingerprint, tensor_checksum
 
 
 @dataclass
@@ -502,11 +503,19 @@ class BeaconModel(nn.Module):
         """Save the compressed memory (compress once, ask many)."""
         if self.memory is None:
             raise ValueError("nothing to save: the memory is empty")
-        return self.memory.save(path, self.config, compat.model_signature(self.model))
+        return self.memory.save(path, self.config, compat.model_signature(self.model), self._identity())
+
+    def _identity(self) -> dict[str, str]:
+        """Fingerprints a saved memory records: the adapter's weights and the base model's."""
+        weights = {k: v for k, v in self.adapter.state_dict().items()}
+        return {"base model": module_fingerprint(self.model, exclude=self.adapter), "adapter": tensor_checksum(weights)[:32]}
 
     def load_memory(self, path: str | Path) -> None:
-        """Load a saved memory; its beacon settings (window, ratios, ...) become the current ones."""
-        self.memory, cfg = BeaconMemory.load(path, compat.model_signature(self.model), self.device)
+        """Load a saved memory made with this adapter and base model (checked); its beacon
+        settings (window, ratios, ...) become the current ones, its tensors the model's dtype."""
+        dtype = compat.embed_tokens(self.model).weight.dtype
+        self.memory, cfg = BeaconMemory.load(path, compat.model_signature(self.model), self.device,
+                                             identity=self._identity(), dtype=dtype)
         self.adapter.config = cfg
         self._sequences = max(self._sequences, self.memory.sequence + 1)
 
