@@ -79,6 +79,41 @@ def build_beacon(args: argparse.Namespace):
     return BeaconModel(model, tok, adapter), note
 
 
+def check_output_file(path: str | None, what: str) -> None:
+    """Refuse an output file path before any long work: a folder, or a folder that cannot be made."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file name")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is a file, not a folder")
+    import os
+
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{what} {path}: cannot write in {parent}")
+
+
+def check_output_dir(path: str | None, what: str) -> None:
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{what} {path} is a file; give a folder")
+
+
+def _check_gen_args(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k must be 0 (all tokens) or more, got {args.top_k}")
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    check_output_file(getattr(args, "json", None), "--json")
+
+
 def _gen_kwargs(args: argparse.Namespace) -> dict:
     return {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "temperature": args.temperature,
             "top_k": args.top_k, "top_p": args.top_p}
@@ -134,6 +169,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Read a long input with beacon compression and answer a prompt about it."""
     from longctx.data import read_text
 
+    _check_gen_args(args)
     text = read_text(args.input)
     bm, note = build_beacon(args)
     print(note, file=sys.stderr)
@@ -158,6 +194,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     """Read a long input once and save its compressed memory for later questions."""
     from longctx.data import read_text
 
+    check_output_file(args.out, "--out")
     text = read_text(args.input)
     bm, note = build_beacon(args)
     print(note, file=sys.stderr)
@@ -171,6 +208,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Answer one or more prompts from a saved memory without re-reading the text."""
+    _check_gen_args(args)
+    if not Path(args.memory).is_file():
+        raise ValueError(f"no memory file {args.memory}")
     bm, note = build_beacon(args)
     print(note, file=sys.stderr)
     for prompt in args.prompt:
@@ -236,6 +276,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from longctx.eval import run_eval
     from longctx.eval.report import write_report
 
+    check_output_dir(args.out, "--out")
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
     _say_dtype(model, args)
     source = adapter_source(args)
@@ -276,8 +317,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if method is None and args.recipe:
         import yaml
 
-        method = (yaml.safe_load(Path(args.recipe).read_text()) or {}).get("method")
+        try:
+            recipe = yaml.safe_load(Path(args.recipe).read_text()) or {}
+        except OSError as e:
+            raise ValueError(f"cannot read recipe {args.recipe}: {e}") from e
+        except yaml.YAMLError as e:
+            raise ValueError(f"recipe {args.recipe} is not valid YAML: {e}") from e
+        method = recipe.get("method") if isinstance(recipe, dict) else None
     args.method = method or "beacon"
+    check_output_dir(args.out, "--out")
     if args.method != "beacon":
         from longctx.train.extend import ExtendConfig, extend
 
@@ -430,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, NotImplementedError) as e:
         print(f"longctx {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -165,6 +165,31 @@ def cache_length(cache: DynamicCache) -> int:
 
 
 # ----------------------------------------------------------------------------- rotary
+# families whose RoPE rotates interleaved pairs (x0,x1),(x2,x3).. instead of halves: re-rotating
+# their cached keys with the half-split rule would be silently wrong
+INTERLEAVED_ROPE = ("cohere", "cohere2", "gptj", "codegen", "glm", "chatglm", "glm4")
+TESTED = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def check_beacon_support(model: nn.Module) -> None:
+    """Refuse a model the beacon stream cannot serve; warn for an untested RoPE family."""
+    import warnings
+
+    mtype = getattr(text_config(model), "model_type", "?")
+    if mtype in INTERLEAVED_ROPE:
+        raise ValueError(f"model type {mtype!r} uses interleaved RoPE; longctx re-rotates cached keys with the "
+                         f"half-split layout of {', '.join(TESTED)} and cannot serve it")
+    try:
+        attention_modules(model)
+        rot = decoder(model).rotary_emb
+        rot.inv_freq  # noqa: B018 - the attribute must exist
+    except AttributeError as e:
+        raise ValueError(f"model type {mtype!r} has no rotary position embedding (RoPE) that longctx can use; "
+                         f"beacon compression re-positions keys and needs a RoPE decoder ({', '.join(TESTED)})") from e
+    if mtype not in TESTED:
+        warnings.warn(f"model type {mtype!r} is untested with longctx (tested: {', '.join(TESTED)})", stacklevel=3)
+
+
 def rotary_inv_freq(model: nn.Module) -> torch.Tensor:
     """Inverse frequencies of the model's RoPE (after any static scaling), fp32."""
     rot = decoder(model).rotary_emb

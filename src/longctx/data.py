@@ -95,8 +95,29 @@ def read_text(source: str) -> str:
     path = Path(source)
     if not path.exists():
         raise DataError(f"no input file {source!r} (and not one of the default texts {sorted(DEFAULT_TEXTS)})")
-    if path.suffix == ".jsonl":
-        return "\n\n".join(json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip())
-    if path.suffix == ".json":
-        return json.loads(path.read_text())["text"]
-    return path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise DataError(f"input {source!r} is a directory; give a text file")
+    try:
+        if path.suffix == ".jsonl":
+            texts = []
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    texts.append(_text_field(json.loads(line), f"{source} line {n}"))
+            text = "\n\n".join(texts)
+        elif path.suffix == ".json":
+            text = _text_field(json.loads(path.read_text(encoding="utf-8")), source)
+        else:
+            text = path.read_text(encoding="utf-8")
+    except json.JSONDecodeError as e:
+        raise DataError(f"input {source!r} is not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"input {source!r} is not UTF-8 text: {e}") from e
+    if not text.strip():
+        raise DataError(f"input {source!r} holds no text")
+    return text
+
+
+def _text_field(obj: object, where: str) -> str:
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        raise DataError(f"{where}: expected a JSON object with a string field 'text'")
+    return obj["text"]

@@ -117,6 +117,19 @@ def resolve(name: str) -> str:
     return name
 
 
+def check_device(device: str) -> str:
+    """``device`` if this machine has it, else a ModelError saying what it has."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"unknown device {device!r}: use cpu or cuda (cuda:N)") from e
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but this machine has no CUDA GPU; use --device cpu")
+    if kind not in ("cpu", "cuda", "mps", "xpu"):
+        raise ModelError(f"device {device!r} is not supported: use cpu or cuda")
+    return device
+
+
 def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype | None = None, device: str | None = None,
                attn_implementation: str = "sdpa", device_map: Any = None, with_tokenizer: bool = True,
                **kwargs: Any):
@@ -125,7 +138,7 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype | None = None
     No remote code is ever run (``trust_remote_code=False``). ``device_map`` spreads a big
     model over several GPUs; beacon weights then live beside the layer they serve.
     """
-    device = device or ("cuda" if torch.cuda.is_available() and device_map is None else "cpu")
+    device = check_device(device or ("cuda" if torch.cuda.is_available() and device_map is None else "cpu"))
     if torch.device(device).type == "cpu":
         torch.set_flush_denormal(True)  # fp32 windows ran ~10x slower on denormals (issue 16)
     path = resolve(name)
@@ -143,8 +156,6 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str | torch.dtype | None = None
         )
     except OSError as e:
         raise ModelError(f"cannot load model {name!r}: {e}") from e
-    if model.config.model_type not in SUPPORTED:
-        log.warning("model type %s is untested; supported: %s", model.config.model_type, SUPPORTED)
     if device_map is None:
         model = model.to(device)
     model.eval()

@@ -153,7 +153,8 @@ def module_fingerprint(module: torch.nn.Module, sample: int = 256, exclude: torc
                 continue
             name = name.replace(".base.", ".")  # a projection wrapped by the adapter
             flat = p.detach().reshape(-1)
-            idx = torch.linspace(0, flat.numel() - 1, min(sample, flat.numel()), device=flat.device).long()
+            k = min(sample, flat.numel())
+            idx = (torch.arange(k, device=flat.device) * (flat.numel() - 1)) // max(k - 1, 1)
             h.update(f"{name}|{tuple(p.shape)}|".encode())
             h.update(memoryview(flat.index_select(0, idx).to(torch.bfloat16).float().cpu().numpy()))
     return h.hexdigest()[:32]

@@ -93,6 +93,7 @@ class BeaconAdapter(nn.Module):
     @classmethod
     def from_model(cls, model: nn.Module, config: BeaconConfig, dtype: torch.dtype | None = None) -> BeaconAdapter:
         """Copy-initialise: beacon projections copy the model's, the embedding copies EOS/BOS."""
+        compat.check_beacon_support(model)
         if any(isinstance(m, RoutedLinear) for m in model.modules()):
             raise RuntimeError("the model already carries a beacon adapter; detach it first")
         emb = compat.embed_tokens(model).weight

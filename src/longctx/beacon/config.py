@@ -15,6 +15,10 @@ EMBED_INITS = ("eos", "bos")
 _ADAPT = re.compile(r"^adapt-(\d+)$")
 
 
+def _not_int(v: Any) -> bool:
+    return isinstance(v, bool) or not isinstance(v, int)
+
+
 class BeaconConfigError(ValueError):
     """A bad beacon setting; the message names the field."""
 
@@ -51,8 +55,23 @@ class BeaconConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.ratios = [int(r) for r in self.ratios]
+        def bad(name: str, msg: str) -> BeaconConfigError:
+            return BeaconConfigError(f"BeaconConfig.{name}: {msg}")
+
+        if not isinstance(self.ratios, (list, tuple)) or any(_not_int(r) for r in self.ratios):
+            raise bad("ratios", f"must be a list of integers, got {self.ratios!r}")
+        if not isinstance(self.projections, (list, tuple)) or any(not isinstance(p, str) for p in self.projections):
+            raise bad("projections", f"must be a list of names, got {self.projections!r}")
+        self.ratios = list(self.ratios)
         self.projections = list(self.projections)
+        for name in ("window", "sink", "seed"):
+            if _not_int(getattr(self, name)):
+                raise bad(name, f"must be an integer, got {getattr(self, name)!r}")
+        for name in ("ratio_mix", "placement", "scheme", "embed_init"):
+            if not isinstance(getattr(self, name), str):
+                raise bad(name, f"must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.attend_prev, bool):
+            raise bad("attend_prev", f"must be true or false, got {self.attend_prev!r}")
         self.validate()
 
     def validate(self) -> None:

@@ -136,7 +136,21 @@ class BeaconModel(nn.Module):
         self.memory = None
 
     def kv_entries(self) -> list[int]:
+        """Per sample, the KV entries held in each layer's cache: sink + beacon memory + the
+        raw tokens of the open window (the number full attention would hold is ``tokens_read``)."""
         return self.memory.kv_entries() if self.memory else []
+
+    def _warn_positions(self) -> None:
+        """Warn once when the memory plus the open window run past the model's positions."""
+        limit = compat.max_positions(self.model)
+        used = max((s.entries for s in self.memory.samples), default=0) if self.memory else 0
+        if used > limit and not getattr(self, "_warned_positions", False):
+            import warnings
+
+            self._warned_positions = True
+            warnings.warn(f"the compressed input uses {used} positions, more than the model's {limit} "
+                          "(max_position_embeddings): quality will drop; use a higher ratio or ratio_mix "
+                          "'adapt-K'", stacklevel=3)
 
     def tokens_read(self) -> list[int]:
         return [s.raw_total for s in self.memory.samples] if self.memory else []
@@ -156,8 +170,8 @@ class BeaconModel(nn.Module):
             raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
-        B, L = input_ids.shape
         lengths = self._lengths(input_ids, attention_mask)
+        B, L = input_ids.shape
         if self.memory is None:
             self.memory = BeaconMemory(B, self._sequences)
             self._sequences += 1
@@ -219,6 +233,7 @@ class BeaconModel(nn.Module):
         if hold:
             for st in mem.samples:
                 st.hold = True
+        self._warn_positions()
         self.stats = {"seconds": time.perf_counter() - start, "tokens": float(sum(lengths))}
         out_logits = None
         if want_all:
@@ -237,9 +252,19 @@ class BeaconModel(nn.Module):
         return BeaconOutput(out_logits, loss, n_loss, loss_sum if labels is not None else None)
 
     def _lengths(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
+        if input_ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+            raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         B, L = input_ids.shape
+        vocab = compat.embed_tokens(self.model).weight.shape[0]
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+            raise ValueError(f"input_ids hold ids outside the vocabulary [0, {vocab}): "
+                             f"min {int(input_ids.min())}, max {int(input_ids.max())}")
         if attention_mask is None:
             return [L] * B
+        if tuple(attention_mask.shape) != (B, L):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {(B, L)}")
         m = attention_mask.bool().cpu()
         lengths = m.sum(1).tolist()
         for b, n in enumerate(lengths):

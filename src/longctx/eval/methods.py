@@ -236,7 +236,7 @@ class Beacon(Method):
 @dataclass
 class MethodSpec:
     kind: str
-    ratio: int | str = 8
+    ratio: int | str | None = None  # None: the run's --ratio
     budget: int | None = None
     model: str | None = None  # run on this model (path or hub id) instead of the loaded one
     name: str | None = None  # label in tables and plots (default: the kind)
@@ -268,8 +268,12 @@ def parse_methods(text: str) -> list[MethodSpec]:
                              f"{', '.join(KINDS)}")
         extra = {"model": model or None, "name": name.strip() or None}
         if kind in ("beacon", "beacon-nomem"):
-            out.append(MethodSpec(kind, ratio=arg if arg.startswith("adapt") else int(arg or 8), **extra))
+            if arg and not arg.startswith("adapt") and not arg.isdigit():
+                raise ValueError(f"method {part!r}: the ratio must be an integer or adapt-K")
+            out.append(MethodSpec(kind, ratio=arg if arg.startswith("adapt") else (int(arg) if arg else None), **extra))
         else:
+            if arg and not arg.isdigit():
+                raise ValueError(f"method {part!r}: the budget must be a positive integer")
             out.append(MethodSpec(kind, budget=int(arg) if arg else None, **extra))
     names = [s.display for s in out]
     if len(set(names)) < len(names) and any(s.name or s.model for s in out):
@@ -282,7 +286,7 @@ def make_method(spec: MethodSpec, model, tok, length: int, window: int, ratio: i
     if spec.kind == "full":
         return Full(model, tok, memo=memo)
     if spec.kind in ("beacon", "beacon-nomem"):
-        return Beacon(model, tok, adapter=adapter, ratio=spec.ratio, window=window,
+        return Beacon(model, tok, adapter=adapter, ratio=spec.ratio or ratio, window=window,
                       keep_memory=spec.kind == "beacon")
     budget = spec.budget or beacon_budget(length, window, ratio)
     return (Truncate if spec.kind == "truncate" else Streaming)(model, tok, budget=budget)

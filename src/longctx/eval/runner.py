@@ -23,8 +23,32 @@ def parse_lengths(text: str | list) -> list[int]:
     out = []
     for p in parts:
         p = str(p).lower()
-        out.append(int(float(p[:-1]) * 1024) if p.endswith("k") else int(p))
+        try:
+            n = int(float(p[:-1]) * 1024) if p.endswith("k") else int(p)
+        except ValueError:
+            raise ValueError(f"length {p!r} is not a number of tokens (e.g. 4000, 4k)") from None
+        if n < 1:
+            raise ValueError(f"length {p!r} must be positive")
+        out.append(n)
     return out
+
+
+# settings every row of a results folder shares; methods, lengths and samples may grow on a rerun
+SAME_SETTINGS = ("task", "seed", "window", "ratio", "max_full_length", "model", "adapter")
+
+
+def _check_same_settings(out: Path, meta: dict[str, Any], has_rows: bool) -> None:
+    cfg = out / "config.json"
+    if not has_rows or not cfg.exists():
+        return
+    try:
+        before = json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"cannot read {cfg}: {e}") from e
+    differ = [k for k in SAME_SETTINGS if k in before and before.get(k) != meta.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}: {before.get(k)!r} -> {meta.get(k)!r}" for k in differ)
+        raise ValueError(f"{out} holds results made with other settings ({shown}); use a new --out")
 
 
 def score(item, text: str) -> float:
@@ -38,9 +62,21 @@ def run_eval(task: str, model, tok, out_dir: str | Path, methods: str = "full,tr
              lengths: str | list = "4k,8k", samples: int = 4, seed: int = 0, window: int = 1024, ratio: int = 8,
              adapter=None, max_full_length: int | None = None, task_kwargs: dict | None = None,
              config: dict | None = None) -> list[dict[str, Any]]:
-    """Evaluate and append one JSON line per (method, item) to ``out_dir/results.jsonl``."""
+    """Evaluate and append one JSON line per (method, item) to ``out_dir/results.jsonl``.
+
+    A rerun into the same folder skips finished items; it is refused if the folder's results
+    were made with other settings (task, seed, window, ratio, model, adapter, ...)."""
+    from longctx.eval.tasks import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+    specs = parse_methods(methods)
+    parsed_lengths = parse_lengths(lengths)
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {out} is a file; give a folder")
     path = out / "results.jsonl"
     done = {}
     if path.exists():
@@ -48,9 +84,11 @@ def run_eval(task: str, model, tok, out_dir: str | Path, methods: str = "full,tr
             if line.strip():
                 r = json.loads(line)
                 done[(r["method"], r["item"])] = r
-    meta = {"task": task, "methods": methods, "lengths": parse_lengths(lengths), "samples": samples, "seed": seed,
+    meta = {"task": task, "methods": methods, "lengths": parsed_lengths, "samples": samples, "seed": seed,
             "window": window, "ratio": ratio, "max_full_length": max_full_length, "torch": torch.__version__,
             "python": platform.python_version(), **(config or {})}
+    _check_same_settings(out, meta, bool(done))
+    out.mkdir(parents=True, exist_ok=True)
     try:
         import transformers
 
@@ -58,7 +96,6 @@ def run_eval(task: str, model, tok, out_dir: str | Path, methods: str = "full,tr
     except ImportError:  # pragma: no cover
         pass
     (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))
-    specs = parse_methods(methods)
     rows = list(done.values())
     others: dict[str, Any] = {}
 

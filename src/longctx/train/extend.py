@@ -23,8 +23,9 @@ from longctx import compat
 from longctx.positions import PositionCollator, scale_rope
 from longctx.train.checkpoint import TrainableParams, latest_checkpoint, load_checkpoint, save_checkpoint
 from longctx.train.data import read_records
-from longctx.train.trainer import config_from_yaml, dist_rank_world
+from longctx.train.trainer import dist_rank_world
 from longctx.train.zero import GradSync
+from longctx.typed import check_types, from_yaml
 
 
 @dataclass
@@ -51,9 +52,19 @@ class ExtendConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     checkpointing: bool = False  # non-reentrant gradient checkpointing (transformers' own)
 
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("steps", "batch_size", "save_every", "target_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ExtendConfig: {name} must be at least 1, got {getattr(self, name)}")
+        if self.method not in ("cream", "pose", "randpos", "full"):
+            raise ValueError(f"ExtendConfig: method {self.method!r} is not one of cream, pose, randpos, full")
+        if self.rope not in ("linear", "ntk", "yarn"):
+            raise ValueError(f"ExtendConfig: rope {self.rope!r} is not one of linear, ntk, yarn")
+
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> ExtendConfig:
-        return config_from_yaml(cls, path, overrides)
+        return from_yaml(cls, path, overrides)
 
 
 def add_lora(model, rank: int, alpha: int, targets: list[str]):

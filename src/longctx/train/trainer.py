@@ -31,15 +31,7 @@ from longctx.train.data import group_by_windows, make_sequences, read_records, r
 from longctx.train.fsdp import shard_base_layers
 from longctx.train.memory_tasks import copy_sequences, recall_sequences
 from longctx.train.zero import GradSync
-
-
-def config_from_yaml(cls, path: str, overrides: dict[str, Any]):
-    """A config dataclass from a YAML recipe; overrides that are not None win."""
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**data)
+from longctx.typed import check_types, from_yaml
 
 
 @dataclass
@@ -88,9 +80,21 @@ class TrainConfig:
         return BeaconConfig(window=self.window, ratios=self.ratios, ratio_mix=self.ratio_mix, sink=self.sink,
                             projections=self.projections, seed=self.seed, embed_init=self.embed_init)
 
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("steps", "batch_size", "save_every", "log_every", "min_length", "max_length", "window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig: {name} must be at least 1, got {getattr(self, name)}")
+        if self.max_length < self.min_length:
+            raise ValueError(f"TrainConfig: max_length {self.max_length} is below min_length {self.min_length}")
+        for name in ("lr", "time_limit", "save_minutes"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"TrainConfig: {name} must be positive, got {v}")
+
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> TrainConfig:
-        return config_from_yaml(cls, path, overrides)
+        return from_yaml(cls, path, overrides)
 
 
 def dist_rank_world() -> tuple[int, int]:
