@@ -77,10 +77,10 @@ def test_extension_recipes_with_bad_settings_are_refused(tmp_path, text, match):
 def test_every_shipped_recipe_loads():
     from pathlib import Path
 
+    import yaml
+
     from longctx.train.extend import ExtendConfig
     from longctx.train.trainer import TrainConfig
-
-    import yaml
 
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
     assert len(recipes) >= 5
