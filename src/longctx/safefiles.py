@@ -86,6 +86,53 @@ def write_tensors(tensors: dict[str, torch.Tensor], directory: str | Path, stem:
     return writer.close()
 
 
+_ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+_ST_TORCH = {v: k for k, v in _ST_DTYPES.items()}
+_ST_SIZES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def stream_copy(src: str | Path, keys: list[str], dst: str | Path, dtype: torch.dtype | None = None,
+                metadata: dict[str, str] | None = None) -> int:
+    """Copy ``keys`` of safetensors file ``src`` into a new file ``dst``, one tensor at a time
+    (floating tensors cast to ``dtype`` if given): the header is written from the shapes first,
+    then each tensor's bytes, so only one tensor is ever held in memory. Returns bytes written."""
+    from safetensors import safe_open
+
+    dst = Path(dst)
+    with safe_open(str(src), framework="pt") as f:
+        entries, offset = {}, 0
+        for k in keys:
+            sl = f.get_slice(k)
+            code, shape = sl.get_dtype(), list(sl.get_shape())
+            if dtype is not None and code in ("F32", "BF16", "F16", "F64"):
+                code = _ST_DTYPES[dtype]
+            n = _ST_SIZES[code]
+            for d in shape:
+                n *= d
+            entries[k] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + n]}
+            offset += n
+        header = {"__metadata__": metadata or {}, **entries} if metadata else dict(entries)
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with tmp.open("wb") as out:
+                out.write(len(raw).to_bytes(8, "little"))
+                out.write(raw)
+                for k in keys:
+                    t = f.get_tensor(k)
+                    if t.dtype != _ST_TORCH[entries[k]["dtype"]]:
+                        t = t.to(_ST_TORCH[entries[k]["dtype"]])
+                    out.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+                    del t
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return offset
+
+
 def weight_files(directory: str | Path, stem: str) -> list[Path]:
     """The files of ``{stem}.safetensors`` or of the shards its index lists; [] if neither.
     Raises ValueError for an unreadable index or one naming files outside the folder."""

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 from longctx.beacon.adapter import CONFIG_FILE, FORMAT, WEIGHTS_FILE
 from longctx.beacon.reference_config import ConversionError, config_from_reference, config_to_reference
-from longctx.safefiles import ShardWriter, replaced_dir, tensor_checksum, weight_files, write_tensors
+from longctx.safefiles import replaced_dir, stream_copy, tensor_checksum, weight_files, write_tensors
 
 __all__ = ["ConversionError", "config_from_reference", "config_to_reference", "export_reference", "import_reference"]
 
@@ -32,7 +32,7 @@ _STOCK_ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qw
 _DROP = ("auto_map", "custom_pipelines", "enable_beacon", "retrieval_method", "retrieval_topk", "retrieval_key_length")
 _TOKENIZER_FILES = ("special_tokens_map.json", "generation_config.json", "chat_template.jinja", "vocab.json",
                     "merges.txt", "added_tokens.json")
-BASE_SHARD_MB = 4096  # shards of the written base model (7B: a few files, never one 14 GB file)
+BASE_SHARD_MB = 4096  # shards of an exported model (7B: a few files, never one 14 GB file)
 
 
 def _model_files(directory: Path) -> list[Path]:
@@ -109,12 +109,11 @@ def _read_beacon(files: list[Path], sig: dict[str, Any]) -> dict[str, torch.Tens
 
 
 def import_reference(ref_dir: str | Path, out_dir: str | Path, write_base: bool = False,
-                     dtype: torch.dtype | None = None, force: bool = False,
-                     base_shard_mb: float = BASE_SHARD_MB) -> Path:
+                     dtype: torch.dtype | None = None, force: bool = False) -> Path:
     """Write a longctx adapter (and, with ``write_base``, a plain base model in ``out_dir/base``).
 
-    Reads only the model's weights, shard by shard, so at most one shard's tensors are held at
-    a time; the output folder appears whole or not at all; an existing non-empty output is
+    Reads only the model's weights; the base is copied tensor by tensor into shards that mirror
+    the input's, so about one tensor is held at a time; the output folder appears whole or not at all; an existing non-empty output is
     replaced only with ``force``.
     """
     ref, out = Path(ref_dir), Path(out_dir)
@@ -149,7 +148,7 @@ def import_reference(ref_dir: str | Path, out_dir: str | Path, write_base: bool 
                 "converted_from": str(ref), "base_model_path": str(out / "base") if write_base else str(ref)}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         if write_base:
-            _write_plain_model(cfg, files, tokenizer_files, tmp / "base", dtype, base_shard_mb)
+            _write_plain_model(cfg, files, tokenizer_files, tmp / "base", dtype)
     return out
 
 
@@ -172,17 +171,25 @@ def _tokenizer_files(ref: Path) -> list[Path]:
 
 
 def _write_plain_model(cfg: dict[str, Any], files: list[Path], tokenizer_files: list[Path], out: Path,
-                       dtype: torch.dtype | None, shard_mb: float) -> None:
-    """The base model without beacon tensors, streamed tensor by tensor into shards."""
+                       dtype: torch.dtype | None) -> None:
+    """The base model without beacon tensors: each input shard's base tensors become one output
+    shard, copied tensor by tensor (at most one tensor in memory)."""
     out.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(out, "model", shard_mb, {"format": "pt"})
+    parts = []
     for f in files:
         with safe_open(str(f), framework="pt") as st:
-            for key in st.keys():
-                if not _BEACON_KEY.match(key):
-                    t = st.get_tensor(key)
-                    writer.add(key, t.to(dtype) if dtype is not None and t.is_floating_point() else t)
-    writer.close()
+            keys = [k for k in st.keys() if not _BEACON_KEY.match(k)]
+        if keys:
+            parts.append((f, keys))
+    names = (["model.safetensors"] if len(parts) == 1
+             else [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))])
+    weight_map, total = {}, 0
+    for name, (f, keys) in zip(names, parts):
+        total += stream_copy(f, keys, out / name, dtype, {"format": "pt"})
+        weight_map.update(dict.fromkeys(keys, name))
+    if len(parts) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     plain = {k: v for k, v in cfg.items() if not k.startswith("beacon_") and k not in _DROP}
     if plain["model_type"] in _STOCK_ARCH:
         plain["architectures"] = [_STOCK_ARCH[plain["model_type"]]]
