@@ -144,7 +144,14 @@ def test_extension_fine_tuning_saves_a_stock_model_and_resumes(tmp_path):
     with torch.no_grad():
         assert torch.allclose(fresh(ids).logits, model(ids).logits, atol=1e-5)
     run(tmp_path / "b", stop_after=2)
+    with pytest.raises(ValueError, match="other settings \\(method: 'cream' -> 'pose'"):
+        extend(ExtendConfig(method="pose", data=[str(text)], out=str(tmp_path / "b"), target_length=512, steps=4,
+                            lr=1e-3, warmup=1, dtype="fp32", save_every=2), model=tiny_model("llama", vocab_size=len(tok),
+                                                                                         max_position_embeddings=128),
+               tokenizer=tok)
     out_b, _ = run(tmp_path / "b")
+    logs_b = (out_b / "log.jsonl").read_text().splitlines()
+    assert [__import__("json").loads(x)["step"] for x in logs_b] == [1, 2, 3, 4]  # no repeated rows
     a = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).state_dict()
     b = AutoModelForCausalLM.from_pretrained(out_b / "model", dtype=torch.float32).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

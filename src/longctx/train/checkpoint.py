@@ -132,3 +132,27 @@ def load_checkpoint(path: Path, adapter, optimizer: torch.optim.Optimizer, rank:
     for g, saved in zip(optimizer.param_groups, opt_meta["param_groups"]):
         g.update(saved)
     return meta
+
+
+def check_resumable(config_file: Path, now: dict[str, Any], may_change: set[str]) -> None:
+    """Refuse to resume a run whose saved settings (``config_file``) differ from ``now`` outside
+    ``may_change`` (it would mix two runs)."""
+    if not config_file.exists():
+        return
+    try:
+        before = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"cannot read {config_file}: {e}") from e
+    differ = sorted(k for k in set(before) | set(now)
+                    if k not in may_change and before.get(k, now.get(k)) != now.get(k, before.get(k)))
+    if differ:
+        shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differ)
+        raise ValueError(f"{config_file.parent} holds a run with other settings ({shown}); use a new --out, or "
+                         f"delete {config_file.parent} to start over")
+
+
+def truncate_log(log: Path, step: int) -> None:
+    """Drop the rows a resumed run will redo (logged after the checkpoint at ``step``)."""
+    if log.exists():
+        kept = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        log.write_text("".join(ln + "\n" for ln in kept))

@@ -21,7 +21,14 @@ from tqdm.auto import tqdm
 
 from longctx import compat
 from longctx.positions import PositionCollator, scale_rope
-from longctx.train.checkpoint import TrainableParams, latest_checkpoint, load_checkpoint, save_checkpoint
+from longctx.train.checkpoint import (
+    TrainableParams,
+    check_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_log,
+)
 from longctx.train.data import read_records
 from longctx.train.trainer import dist_rank_world
 from longctx.train.zero import GradSync
@@ -126,8 +133,10 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
     start = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
+        check_resumable(out / "extend_config.json", asdict(cfg), {"steps", "stop_after", "save_every", "checkpointing"})
         start = load_checkpoint(ckpt, trainable, opt)["step"]
     if rank == 0:
+        truncate_log(out / "log.jsonl", start)
         (out / "extend_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     log = (out / "log.jsonl").open("a") if rank == 0 else None
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)

@@ -26,7 +26,14 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
-from longctx.train.checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from longctx.train.checkpoint import (
+    check_resumable,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    truncate_log,
+)
 from longctx.train.data import group_by_windows, make_sequences, read_records, retrieval_sequences
 from longctx.train.fsdp import shard_base_layers
 from longctx.train.memory_tasks import copy_sequences, recall_sequences
@@ -158,7 +165,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     start = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
-        check_resumable(out, cfg)
+        check_resumable(out / "train_config.json", asdict(cfg), RESUME_MAY_CHANGE)
         start = load_checkpoint(ckpt, adapter, opt, rank, sync.sharded)["step"]
     if rank == 0:
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -166,9 +173,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
               f"{len(batches)} batches; base model in {cfg.dtype} (recipe), beacons in {cfg.beacon_dtype}; "
               f"starting at step {start}", flush=True)
     writer = rank == 0 or cfg.every_rank_writes
-    if writer and (out / "log.jsonl").exists():  # steps logged after the checkpoint we resume from are redone
-        kept = [ln for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
-        (out / "log.jsonl").write_text("".join(ln + "\n" for ln in kept))
+    if writer:
+        truncate_log(out / "log.jsonl", start)
     log = (out / "log.jsonl").open("a") if writer else None
     began = last_save = time.perf_counter()
     stopped = False
@@ -248,24 +254,6 @@ def export_adapter(run: str | Path, out: str | Path, model=None, step: int | Non
 # settings a resumed run may change; every other one must match the run being resumed
 RESUME_MAY_CHANGE = {"steps", "stop_after", "save_every", "log_every", "time_limit", "save_minutes",
                      "every_rank_writes", "checkpointing"}
-
-
-def check_resumable(out: Path, cfg: TrainConfig) -> None:
-    """Refuse to resume a run in ``out`` made with other settings (it would mix two runs)."""
-    path = out / "train_config.json"
-    if not path.exists():
-        return
-    try:
-        before = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
-    now = asdict(cfg)
-    differ = sorted(k for k in set(before) | set(now)
-                    if k not in RESUME_MAY_CHANGE and before.get(k, now.get(k)) != now.get(k, before.get(k)))
-    if differ:
-        shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differ)
-        raise ValueError(f"{out} holds a run with other settings ({shown}); use a new --out, or delete "
-                         f"{out} to start over")
 
 
 def _agree(flag: bool, world: int) -> bool:
