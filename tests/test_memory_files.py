@@ -189,3 +189,30 @@ def test_adapter_save_refuses_a_folder_with_other_files(tmp_path):
     with pytest.raises(AdapterError, match="not part of an adapter"):
         BeaconAdapter.from_model(model, CFG).save(tmp_path / "mine")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep"
+
+
+def test_crash_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import longctx.train.checkpoint as ck
+
+    bm = _bm()
+    opt = torch.optim.AdamW(bm.adapter.parameters(), lr=1e-3)
+    bm.adapter.embed.grad = torch.ones_like(bm.adapter.embed)
+    opt.step()
+    first = ck.save_checkpoint(tmp_path, 1, bm.adapter, opt, {"seed": 0})
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    calls = []
+
+    def boom(tensors, path, *a, **k):  # the optimizer file is written, the weights are not
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(tensors, path, *a, **k)
+
+    real = ck.save_file
+    monkeypatch.setattr(ck, "save_file", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        ck.save_checkpoint(tmp_path, 2, bm.adapter, opt, {"seed": 0})
+    assert ck.latest_checkpoint(tmp_path) == first
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    state = ck.load_checkpoint(first, bm.adapter, opt)
+    assert state["step"] == 1
