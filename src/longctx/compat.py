@@ -164,6 +164,27 @@ def cache_length(cache: DynamicCache) -> int:
     return cache.get_seq_length() if cache.layers and cache.layers[0].is_initialized else 0
 
 
+# ----------------------------------------------------------------------------- generation
+@contextmanager
+def stream_generation(model: nn.Module, step) -> Iterator[None]:
+    """Within the block, the stock ``model.generate`` decodes through ``step``: the model's
+    forward hands the ids the generation loop feeds it (the whole prompt first, then each new
+    token; the loop slices them as for any cache) and its attention mask to ``step(ids, mask)``,
+    which returns logits ``[B, n, V]`` (the beacon stream); the cache generate carries is passed
+    back untouched (the beacon memory is the real cache). Logits processors, stopping criteria,
+    streamers, scores and generation configs all work as in stock transformers."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    def forward(input_ids=None, attention_mask=None, cache=None, **_: Any):
+        return CausalLMOutputWithPast(logits=step(input_ids, attention_mask), cache=cache)
+
+    model.forward = forward  # an instance attribute: nn.Module.__call__ uses it
+    try:
+        yield
+    finally:
+        del model.forward
+
+
 # ----------------------------------------------------------------------------- rotary
 # families whose RoPE rotates interleaved pairs (x0,x1),(x2,x3).. instead of halves: re-rotating
 # their cached keys with the half-split rule would be silently wrong

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -417,14 +417,18 @@ class BeaconModel(nn.Module):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                 max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, eos_token_id: int | Iterable[int] | None = None,
-                 streamer: Any = None, generator: torch.Generator | None = None,
-                 progress: bool = False, raw_tail: bool = True) -> torch.Tensor:
-        """Read ``input_ids`` into the memory and decode up to ``max_new_tokens``.
+                 progress: bool = False, raw_tail: bool = True, return_dict_in_generate: bool = False,
+                 **kwargs: Any) -> Any:
+        """Read ``input_ids`` into the memory and decode with transformers' own ``generate``.
 
-        Returns the new tokens ``[B, n]``. Every generated token is fed back into the memory,
-        so a later call continues the same conversation (multi-turn reuse).
+        Every option of ``model.generate`` works as in stock transformers (``generation_config``,
+        the model's ``generation_config.json``, ``max_new_tokens``, sampling, logits processors
+        such as ``repetition_penalty``, ``stop_strings`` (with ``tokenizer=``), streamers,
+        ``output_scores``/``output_logits``), with the beacon memory as the cache. Returns the new
+        tokens ``[B, n]``; with ``return_dict_in_generate=True`` the stock output object (its
+        ``sequences`` hold prompt + new tokens, as in transformers). Stopping: the model's EOS
+        ids by default; ``eos_token_id=[]`` switches EOS stopping off. Every generated token is
+        fed back into the memory, so a later call continues the same conversation.
 
         raw_tail: the window open at the end of the prompt is not compressed while the answer
         is decoded (the question is read raw, even when the prompt ends exactly at a window
@@ -433,36 +437,47 @@ class BeaconModel(nn.Module):
         """
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
-        eos = self._eos_ids(eos_token_id)
-        t0 = time.perf_counter()
-        nxt = self.forward(input_ids, attention_mask, logits="last", progress=progress, hold=raw_tail).logits[:, -1]
-        prefill_s = time.perf_counter() - t0
-        B = input_ids.shape[0]
-        done = torch.zeros(B, dtype=torch.bool, device=nxt.device)
-        pad = self._pad_id(eos)
-        out = []
-        t1 = time.perf_counter()
-        for i in range(max_new_tokens):
-            tok = _sample(nxt.float(), do_sample, temperature, top_k, top_p, generator)
-            tok = torch.where(done, torch.full_like(tok, pad), tok)
-            out.append(tok)
-            if streamer is not None:
-                streamer.put(tok.cpu())
-            if eos:
-                done |= torch.isin(tok, torch.tensor(eos, device=tok.device))
-            last = bool(done.all()) or i == max_new_tokens - 1
-            res = self.forward(tok.unsqueeze(1), logits="none" if last else "last")
-            if last:
-                break
-            nxt = res.logits[:, -1]
-        if streamer is not None:
-            streamer.end()
-        decode_s = time.perf_counter() - t1
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        times = {"prefill_s": 0.0, "decode_s": 0.0}
+        calls = [0]
+
+        def step(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            t = time.perf_counter()
+            first = calls[0] == 0
+            calls[0] += 1
+            if first:
+                out = self.forward(ids, mask, logits="last", progress=progress, hold=raw_tail).logits
+            else:
+                out = self.forward(ids, logits="last").logits
+            times["prefill_s" if first else "decode_s"] += time.perf_counter() - t
+            return out
+
+        gc = kwargs.pop("generation_config", None)
+        ours = {"use_cache": True, "return_dict_in_generate": return_dict_in_generate}
+        if gc is not None:  # our settings go into (a copy of) the user's config, not beside it
+            gc = copy.deepcopy(gc)
+            gc.update(**ours)
+            if gc.pad_token_id is None:
+                gc.pad_token_id = self._pad_id(self._eos_ids(gc.eos_token_id))
+            kwargs["generation_config"] = gc
+        else:
+            kwargs.update(ours)
+            kwargs.setdefault("pad_token_id", self._pad_id(self._eos_ids(kwargs.get("eos_token_id"))))
+        stops = kwargs.get("stop_strings") or getattr(gc, "stop_strings", None)
+        if self.tokenizer is not None and stops:
+            kwargs.setdefault("tokenizer", self.tokenizer)
+        with compat.stream_generation(self.model, step):
+            res = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        sequences = res.sequences if return_dict_in_generate else res
+        new = sequences[:, input_ids.shape[1]:]
+        if new.shape[1]:
+            t = time.perf_counter()
+            self.forward(new[:, -1:], logits="none")  # the loop never feeds its last token back
+            times["decode_s"] += time.perf_counter() - t
         self.release_hold()
-        n = len(out)
-        self.stats = {"prefill_s": prefill_s, "decode_s": decode_s, "new_tokens": float(n),
-                      "prompt_tokens": float(input_ids.shape[1])}
-        return torch.stack(out, dim=1) if out else input_ids.new_zeros(B, 0)
+        self.stats = {**times, "new_tokens": float(new.shape[1]), "prompt_tokens": float(input_ids.shape[1])}
+        return res if return_dict_in_generate else new
 
     def _eos_ids(self, eos_token_id) -> list[int]:
         if eos_token_id is None:
@@ -545,19 +560,3 @@ class BeaconModel(nn.Module):
         self._sequences = max(self._sequences, self.memory.sequence + 1)
 
 
-def _sample(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
-            generator: torch.Generator | None) -> torch.Tensor:
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = logits / max(temperature, 1e-5)
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
