@@ -102,4 +102,10 @@ def test_generation_config_object(pair):
     finally:
         bm.detach()
     assert torch.equal(ref[:, 35:], new)
-    assert gc.return_dict_in_generate is False  # the caller's config is not changed
+    before = gc.to_dict()
+    bm = BeaconModel(model, tok, config=BeaconConfig(window=16, ratios=[0]))
+    try:
+        bm.generate(ids, generation_config=gc, return_dict_in_generate=True)
+    finally:
+        bm.detach()
+    assert gc.to_dict() == before  # the caller's config is not changed
