@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longctx import BeaconAdapter, BeaconConfig, BeaconModel
-from longctx.beacon.plan import kv_entries
+from longctx.beacon.plan import expected_kv_entries
 
 from reference_impl import ReferenceBeacon
 from tiny import FAMILIES, perturb_adapter, tiny_model
@@ -128,7 +128,7 @@ def test_kv_entries_follow_the_formula(placement, ratio, sink):
         for step in (1, 30, 1, 2, 100, 60, 36):
             bm(ids[:, fed : fed + step], logits="none")
             fed += step
-            expected = kv_entries(fed, 32, ratio, sink, placement)
+            expected = expected_kv_entries(fed, 32, ratio, sink, placement)
             assert bm.kv_entries() == [expected]
             assert bm.memory.length == expected
 
@@ -344,7 +344,7 @@ def test_raw_tail_keeps_the_window_open_while_decoding():
     bm.generate(prompt, max_new_tokens=6, eos_token_id=[], streamer=Watch())
     # window 1 compressed to 4 beacons; window 2 (16 raw + 4 beacons) held, then one raw row per token
     assert seen == [4 + 20 + i for i in range(6)]
-    assert bm.kv_entries() == [kv_entries(38, 16, 4)]  # released: as if read without the hold
+    assert bm.kv_entries() == [expected_kv_entries(38, 16, 4)]  # released: as if read without the hold
 
 
 def test_without_memory_the_last_window_equals_reading_it_alone():

@@ -9,10 +9,12 @@ from longctx.beacon.plan import (
     BEACON,
     RAW,
     RatioChooser,
+    SampleState,
     compaction_keep,
     entry_positions,
-    kv_entries,
+    expected_kv_entries,
     next_segment,
+    plan_step,
     window_mask,
 )
 
@@ -72,7 +74,7 @@ def test_interleave_positions_are_contiguous():
 @pytest.mark.parametrize("placement,ratio,sink,expected", [
     ("interleave", 4, 0, 58), ("interleave", 8, 1, 34), ("interleave", 2, 0, 108), ("append", 4, 0, 56)])
 def test_kv_formula_matches_reference_counts(placement, ratio, sink, expected):
-    assert kv_entries(200, 32, ratio, sink, placement) == expected
+    assert expected_kv_entries(200, 32, ratio, sink, placement) == expected
 
 
 def test_compaction_keeps_sink_first_then_beacons():
@@ -113,3 +115,56 @@ def test_adapt_k_picks_smallest_fitting_ratio():
     assert ch.instance_ratio(0, 6000) == 2  # (8192-1024)*2+1024 = 15360 >= 7024
     assert ch.instance_ratio(0, 30000) == 8  # 4 gives 29696 < 31024
     assert ch.instance_ratio(0, 10**7) == 32  # none fits: the largest
+
+
+def _fixed(ratio):
+    return lambda st: ratio
+
+
+def test_plan_step_lays_out_one_window_and_its_compaction():
+    cfg = BeaconConfig(window=8, ratios=[4], sink=1)
+    states = [SampleState()]
+    plan = plan_step(cfg, states, [2], 14, 0, ratio_of=_fixed(4))  # 12 tokens from column 2
+    seg = plan.segments[0]
+    assert seg.n_raw == 8 and seg.closes and plan.rows == 10  # 8 raw + 2 interleaved beacons
+    assert plan.beacon[0].tolist() == [False] * 4 + [True] + [False] * 4 + [True]
+    assert plan.src[0].tolist() == [2, 3, 4, 5, -1, 6, 7, 8, 9, -1]
+    assert plan.positions[0].tolist() == list(range(10))
+    assert plan.mask is None  # one sample, default scheme: causal
+    # on close: the sink raw (cache index 0) and the two beacons (4 and 9) survive
+    assert plan.keep == [[0, 4, 9]]
+    assert plan.fixed_after == [3]
+    assert plan.delta[0] == [0, 1 - 4, 2 - 9]
+    raw, bcn = plan.routing()
+    assert bcn.tolist() == [4, 9] and len(raw) == 8
+    assert plan.n_raw == 8
+
+
+def test_plan_step_pads_a_batch_and_keeps_every_entry_when_nothing_closes():
+    cfg = BeaconConfig(window=8, ratios=[4])
+    states = [SampleState(), SampleState()]
+    plan = plan_step(cfg, states, [3, 0], 6, 0, ratio_of=_fixed(4))  # 3 and 6 tokens, no window closes
+    assert [s.n_raw for s in plan.segments] == [3, 6]
+    assert plan.rows == 7  # 6 raw + 1 beacon for the longer sample
+    assert plan.src[0].tolist() == [-1, -1, -1, -1, 3, 4, 5]  # right-aligned after padding
+    assert plan.mask is not None and plan.mask.shape == (2, 1, 7, 7)
+    assert plan.mask[0, 0, 0].tolist() == [True] + [False] * 6  # a padding row sees itself only
+    assert plan.keep == [[4, 5, 6], list(range(7))]  # padding removed, nothing re-rotated
+    assert all(not any(d) for d in plan.delta)
+
+
+def test_plan_step_without_memory_keeps_only_the_sink():
+    cfg = BeaconConfig(window=8, ratios=[2], sink=2)
+    states = [SampleState(windows_done=1, fixed=6, ratio=2)]  # sink 2 + 4 beacons held
+    plan = plan_step(cfg, states, [0], 8, 6, ratio_of=_fixed(2), keep_memory=False)
+    assert plan.fixed_after == [2] and plan.keep == [[0, 1]]
+
+
+def test_plan_step_held_window_overflows_raw():
+    cfg = BeaconConfig(window=4, ratios=[2])
+    states = [SampleState(raw_in_window=3, kind=[RAW, RAW, BEACON, RAW], idx=[1, 2, 1, 3], ratio=2, hold=True)]
+    plan = plan_step(cfg, states, [0], 3, 4, ratio_of=_fixed(2))
+    seg = plan.segments[0]
+    assert seg.n_raw == 3 and not seg.closes
+    assert plan.overflow == [(1, 3)]  # tokens 2 and 3 of this input lie past the window's end
+    assert plan.keep is None

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from longctx import BeaconAdapter, BeaconConfig, BeaconModel, cli, load_model
-from longctx.beacon.plan import kv_entries
+from longctx.beacon.plan import expected_kv_entries
 
 pytestmark = pytest.mark.smollm2
 
@@ -52,7 +52,7 @@ def test_pieces_equal_whole_and_reference(smol32, text_ids):
             whole = bm(ids).logits[0]
             bm.reset(sequence=0)
             pieces = torch.cat([bm(ids[:, a:b]).logits[0] for a, b in [(0, 63), (63, 65), (65, 150)]])
-            assert bm.kv_entries() == [kv_entries(150, 64, 4, 1)]
+            assert bm.kv_entries() == [expected_kv_entries(150, 64, 4, 1)]
     finally:
         bm.detach()
     ref = ReferenceBeacon(model, adapter, [4, 4, 4]).run(ids[0].tolist())
@@ -70,7 +70,7 @@ def test_cli_generate_compress_and_ask(tmp_path, capsys):
                    "--window", "256", "--ratios", "8", "--json", str(out)])
     assert rc == 0
     s = json.loads(out.read_text())
-    assert s["kv_entries_held_per_layer"] == kv_entries(s["tokens_read"], 256, 8)
+    assert s["kv_entries_held_per_layer"] == expected_kv_entries(s["tokens_read"], 256, 8)
     assert s["kv_entries_held_per_layer"] < s["tokens_read"] / 3
     printed = capsys.readouterr().out
     assert "tokens read" in printed and "KV entries" in printed

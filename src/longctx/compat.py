@@ -6,8 +6,9 @@ module goes through these functions, so a change in transformers is fixed here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,17 @@ from transformers import AttentionInterface, DynamicCache
 ATTN_NAME = "longctx_beacon"
 STEP_KWARG = "longctx_step"
 PROJ_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
+
+
+@dataclass
+class Step:
+    """What the attention function and a checkpoint replay read of one forward (passed to the
+    decoder as the ``longctx_step`` keyword): the explicit mask or None (causal), the flat
+    (raw, beacon) row split, and an id when activation checkpointing may replay the step."""
+
+    mask: torch.Tensor | None = None
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None
+    uid: int | None = None
 
 
 # ----------------------------------------------------------------------------- model parts
@@ -97,18 +109,21 @@ class ReplayCache(DynamicCache):
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 
+Scope = Callable[[Step | None], AbstractContextManager]
+
+
 class CheckpointedLayer(nn.Module):
     """Wraps a decoder layer in non-reentrant activation checkpointing.
 
-    ``before`` runs before the layer, in the first pass and in the replay, with the step's
-    keyword (so per-step state such as beacon routing is restored for the recomputation), and
-    the replay runs under ``context()`` (the attention implementation of the first pass).
+    The layer runs, in the first pass and in the replay, inside ``scope(step)`` (the caller's
+    per-step state, e.g. which rows are beacons) and ``context()`` (the attention
+    implementation of the first pass), so the recomputation sees what the first pass saw.
     """
 
-    def __init__(self, layer: nn.Module, before, context):
+    def __init__(self, layer: nn.Module, scope: Scope, context):
         super().__init__()
         self.layer = layer
-        self.before = before
+        self.scope = scope
         self.context = context
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -117,8 +132,7 @@ class CheckpointedLayer(nn.Module):
         step = kwargs.get(STEP_KWARG)
 
         def run(h):
-            self.before(step)
-            with self.context():
+            with self.scope(step), self.context():
                 return self.layer(h, *args, **kwargs)
 
         from torch.utils.checkpoint import checkpoint
@@ -126,14 +140,14 @@ class CheckpointedLayer(nn.Module):
         return checkpoint(run, hidden_states, use_reentrant=False)
 
 
-def set_layer_checkpointing(model: nn.Module, before) -> list[tuple[nn.ModuleList, int, nn.Module]]:
+def set_layer_checkpointing(model: nn.Module, scope: Scope) -> list[tuple[nn.ModuleList, int, nn.Module]]:
     """Wrap every decoder layer in :class:`CheckpointedLayer`; returns what to restore."""
     mods = decoder(model).layers
     saved = []
     for i, layer in enumerate(mods):
         if isinstance(layer, CheckpointedLayer):
             continue
-        mods[i] = CheckpointedLayer(layer, before, lambda: attention_implementation(model))
+        mods[i] = CheckpointedLayer(layer, scope, lambda: attention_implementation(model))
         saved.append((mods, i, layer))
     return saved
 
@@ -364,7 +378,8 @@ def attention_implementation(model: nn.Module, name: str = ATTN_NAME) -> Iterato
             c._attn_implementation_internal = saved[k]
 
 
-def run_decoder(model: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, step: Any) -> torch.Tensor:
+def run_decoder(model: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,
+                step: Step) -> torch.Tensor:
     """One forward of the base decoder over ``embeds`` with a cache; returns last hidden states."""
     with attention_implementation(model):
         out = decoder(model)(

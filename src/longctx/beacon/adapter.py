@@ -9,6 +9,8 @@ directory with ``adapter_config.json`` and ``adapter.safetensors`` (beacon weigh
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +34,11 @@ class AdapterError(ValueError):
 
 
 class Router:
-    """Which rows of the current forward are beacons; shared by all routed projections."""
+    """Which rows of the current forward are beacons; shared by all routed projections and set
+    only through :meth:`BeaconAdapter.routing`."""
 
     def __init__(self) -> None:
         self.rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (raw_idx, beacon_idx), flat
-
-    def set(self, raw_idx: torch.Tensor | None, beacon_idx: torch.Tensor | None) -> None:
-        self.rows = None if beacon_idx is None or beacon_idx.numel() == 0 else (raw_idx, beacon_idx)
 
 
 class RoutedLinear(nn.Module):
@@ -133,7 +133,19 @@ class BeaconAdapter(nn.Module):
         for attn, name, base in self._attached:
             setattr(attn, name, base)
         self._attached = []
-        self.router.set(None, None)
+        self.router.rows = None
+
+    @contextmanager
+    def routing(self, rows: tuple[torch.Tensor, torch.Tensor] | None) -> Iterator[None]:
+        """Within the block, the flat rows ``rows = (raw, beacon)`` of the forward go through the
+        model's projections and the beacon copies respectively (``None``: every row is raw).
+        Used by the streaming forward and by the activation-checkpoint replay of a layer."""
+        saved = self.router.rows
+        self.router.rows = None if rows is None or rows[1].numel() == 0 else rows
+        try:
+            yield
+        finally:
+            self.router.rows = saved
 
     def check(self, model: nn.Module) -> None:
         """Refuse a model whose shape differs from the one this adapter was made for."""

@@ -10,7 +10,7 @@ A memory can be saved to one safetensors file (state in its header) and loaded l
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 from longctx import compat
 from longctx.beacon.config import BeaconConfig
+from longctx.beacon.plan import SampleState, StepPlan
 from longctx.safefiles import atomic_save
 
 FORMAT = "longctx-memory/2"
@@ -27,26 +28,6 @@ FORMAT_V1 = "longctx-memory/1"
 
 class MemoryFileError(ValueError):
     """A saved memory that does not fit the model or adapter."""
-
-
-@dataclass
-class SampleState:
-    """Host-side bookkeeping of one sample's stream."""
-
-    raw_total: int = 0
-    raw_in_window: int = 0
-    ratio: int | None = None  # ratio of the open window, None until it opens
-    windows_done: int = 0
-    instance_ratio: int | None = None
-    fixed: int = 0  # sink + memory entries
-    kind: list[int] = field(default_factory=list)  # open-window entries
-    idx: list[int] = field(default_factory=list)
-    hold: bool = False  # the open window does not close; raw tokens past its end overflow it
-    overflow: list[int] = field(default_factory=list)  # ids of those raw tokens (read again on release)
-
-    @property
-    def entries(self) -> int:
-        return self.fixed + len(self.kind)
 
 
 class BeaconMemory:
@@ -83,6 +64,43 @@ class BeaconMemory:
     def padded(self) -> bool:
         n = self.kv_entries()
         return min(n) != max(n) or (self.length and max(n) != self.length)
+
+    def commit(self, plan: StepPlan, input_ids: torch.Tensor, inv_freq: torch.Tensor) -> None:
+        """Apply a step that has run: every per-sample state change, then the cache rebuild
+        (compaction of closed windows, removal of padding) the plan prescribes."""
+        for b, (seg, st) in enumerate(zip(plan.segments, self.samples)):
+            if seg is None:
+                continue
+            lo, hi = plan.overflow[b]
+            if hi > lo:
+                st.overflow += input_ids[b, lo:hi].tolist()
+            st.ratio = plan.ratios[b]
+            st.kind.extend(seg.kind)
+            st.idx.extend(seg.idx)
+            st.raw_in_window += seg.n_raw
+            st.raw_total += seg.n_raw
+            if seg.closes:
+                st.fixed = plan.fixed_after[b]
+                st.kind, st.idx = [], []
+                st.raw_in_window = 0
+                st.windows_done += 1
+                st.ratio = None
+        if plan.keep is not None:
+            self.repack(plan.keep, plan.delta, inv_freq)
+
+    def drop_tail(self, counts: list[int], inv_freq: torch.Tensor) -> None:
+        """Remove each sample's last ``counts[b]`` entries (raw rows of its open window)."""
+        if not any(counts):
+            return
+        S, n_prev = self.length, self.kv_entries()
+        keep = []
+        for st, n, have in zip(self.samples, counts, n_prev):
+            keep.append(list(range(S - have, S - n)))
+            if n:
+                st.kind, st.idx = st.kind[:-n], st.idx[:-n]
+                st.raw_in_window -= n
+                st.raw_total -= n
+        self.repack(keep, [[0] * len(k) for k in keep], inv_freq)
 
     def repack(self, keep: list[list[int]], delta: list[list[int]], inv_freq: torch.Tensor) -> None:
         """Rebuild the cache: per sample, the entries at ``keep`` (cache indices) in order,

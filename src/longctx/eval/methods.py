@@ -19,14 +19,14 @@ import torch.nn.functional as F
 
 from longctx import compat
 from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
-from longctx.beacon.plan import kv_entries
+from longctx.beacon.plan import expected_kv_entries
 
 
 def beacon_budget(length: int, window: int, ratio: int, sink: int = 0) -> int:
     """KV entries the beacon holds when the last window of a ``length``-token input is full:
     sink + memory of the finished windows + one window of raw tokens and beacons."""
     full_windows = max(length // window - 1, 0)
-    return kv_entries(full_windows * window, window, ratio, sink) + window + (window // ratio if ratio else 0)
+    return expected_kv_entries(full_windows * window, window, ratio, sink) + window + (window // ratio if ratio else 0)
 
 
 def _greedy(step, first_logits: torch.Tensor, max_new_tokens: int, eos: set[int]) -> list[int]:
