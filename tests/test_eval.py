@@ -11,7 +11,7 @@ from longctx.eval import run_eval, scoring
 from longctx.eval.methods import Streaming, Truncate, beacon_budget, parse_methods
 from longctx.eval.report import write_report
 from longctx.eval.tasks import build
-from longctx.eval.tasks.base import fill, insert_at_depths
+from longctx.synthetic import fill, insert_at_depths
 
 from tiny import tiny_model
 
@@ -215,3 +215,30 @@ def test_report_keeps_ratios_of_one_kind_apart_but_budgets_by_length_together():
     assert s[("passkey", "beacon-2", 8192)]["score"] == 100 and s[("passkey", "beacon-32", 8192)]["score"] == 0
     assert ("passkey", "beacon", 8192) not in s  # two ratios on one item are not pooled
     assert {k[1] for k in s if k[1].startswith("trunc")} == {"truncate"}  # one line across lengths
+
+
+def test_a_registered_method_is_a_kind_of_the_harness():
+    from longctx.eval import methods
+
+    @methods.register
+    class Echo(methods.Method):
+        name = kind = "echo-test"
+        arg = "budget"
+
+        def __init__(self, budget):
+            self.budget = budget
+
+        @classmethod
+        def build(cls, spec, setting):
+            return cls(spec.budget or setting.length)
+
+    try:
+        assert "echo-test" in methods.kinds()
+        (spec,) = parse_methods("echo-test:64")
+        made = methods.make_method(spec, None, None, 100, 16, 4)
+        assert isinstance(made, Echo) and made.budget == 64
+        with pytest.raises(ValueError, match="budget must be a positive integer"):
+            parse_methods("echo-test:x")
+    finally:
+        del methods.METHODS["echo-test"]
+    assert methods.kinds() == ("full", "truncate", "streaming", "beacon", "beacon-nomem")

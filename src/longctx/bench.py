@@ -108,7 +108,7 @@ def bench_full(model, ids: torch.Tensor, decode_tokens: int) -> dict[str, Any]:
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
         _sync(device)
         prefill = time.perf_counter() - t
-        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        cache = compat.output_cache(out)
         kv_entries = compat.cache_length(cache)
         kv_bytes = cache_bytes(cache)
         tok = out.logits[:, -1].argmax(-1, keepdim=True)

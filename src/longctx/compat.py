@@ -178,6 +178,35 @@ def cache_length(cache: DynamicCache) -> int:
     return cache.get_seq_length() if cache.layers and cache.layers[0].is_initialized else 0
 
 
+def output_cache(out: Any) -> DynamicCache:
+    """The cache a stock model's forward returned (``cache`` in transformers 5, ``past_key_values`` before)."""
+    return out.cache if hasattr(out, "cache") else out.past_key_values
+
+
+def clear_quantization(model: nn.Module) -> None:
+    """Drop the markers a GGUF (dequantised) load leaves, so ``save_pretrained`` writes a plain model."""
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "_is_quantized"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, False)
+            except AttributeError:
+                pass
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+
+
+def rope_parameters(config: Any) -> dict[str, Any]:
+    """The config's RoPE settings as a dict (``rope_parameters`` in transformers 5), theta included."""
+    params = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
+    params.setdefault("rope_theta", float(getattr(config, "rope_theta", 10000.0)))
+    return params
+
+
+def set_rope_parameters(config: Any, params: dict[str, Any]) -> None:
+    config.rope_parameters = params
+
+
 # ----------------------------------------------------------------------------- generation
 @contextmanager
 def stream_generation(model: nn.Module, step) -> Iterator[None]:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from longctx import compat
 from longctx.paths import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -87,18 +88,8 @@ def smollm2_dir() -> Path:
     log.info("converting %s to safetensors in %s (once)", _GGUF_FILE, out)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    # clear the GGUF quantisation markers so save_pretrained accepts the dequantised model
-    model.hf_quantizer = None
-    for attr in ("is_quantized", "_is_quantized"):
-        if hasattr(model, attr):
-            try:
-                setattr(model, attr, False)
-            except AttributeError:
-                pass
-    for cfg in (model.config,):
-        if hasattr(cfg, "quantization_config"):
-            delattr(cfg, "quantization_config")
-    cfg._name_or_path = "SmolLM2-135M-Instruct"
+    compat.clear_quantization(model)  # so save_pretrained accepts the dequantised model
+    model.config._name_or_path = "SmolLM2-135M-Instruct"
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

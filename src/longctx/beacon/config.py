@@ -1,4 +1,4 @@
-"""BeaconConfig: the validated settings of an Activation Beacon adapter (SPEC 2.1-2.3)."""
+"""BeaconConfig: the validated settings of an Activation Beacon adapter (Zhang et al., Activation Beacon, 2024; docs/beacon.md)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class BeaconConfig:
     embed_init: token whose embedding initialises the beacon embedding (eos or bos).
     sink: first tokens of the input kept ahead of the memory.
     attend_prev: in step-expansion/segmentation, whether a beacon sees earlier beacons of
-        its window (also sets its position in append mode, SPEC 2.2).
+        its window (also sets its position in append mode; docs/beacon.md, "Settings").
     seed: seed of random ratio draws.
     """
 
@@ -109,7 +109,7 @@ class BeaconConfig:
 
     @property
     def needs_mask(self) -> bool:
-        """Whether attention needs an explicit mask beyond causal (SPEC 2.2)."""
+        """Whether attention needs an explicit mask beyond causal (docs/beacon.md, "Settings")."""
         return self.scheme != "full-coverage"
 
     def to_dict(self) -> dict[str, Any]:

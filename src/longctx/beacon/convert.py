@@ -1,4 +1,4 @@
-"""Import and export of checkpoints in the reference Activation Beacon format (SPEC 2.5).
+"""Import and export of checkpoints in the reference Activation Beacon format (docs/convert.md).
 
 A reference checkpoint is a whole HuggingFace model directory whose state dict also holds
 ``model.beacon_embed_tokens.weight`` and ``model.layers.{i}.self_attn.beacon_{q,k,v,o}_proj.*``

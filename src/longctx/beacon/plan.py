@@ -89,7 +89,7 @@ def entry_positions(cfg: BeaconConfig, ratio: int, fixed: int, kind, idx) -> lis
             pos = i - 1
         elif cfg.scheme == "full-coverage":
             pos = w + i - 1
-        else:  # append + step-expansion / segmentation (paper, section 2.2; docs/beacon.md)
+        else:  # append + step-expansion / segmentation (docs/beacon.md, "Settings")
             pos = i * a - 1 + (i if cfg.attend_prev else 1)
         out.append(fixed + pos)
     return out
@@ -146,7 +146,7 @@ def expected_kv_entries(n: int, window: int, ratio: int, sink: int = 0, placemen
 
 
 class RatioChooser:
-    """Draws the ratio of each window by the configured mix (docs/beacon.md, "Ratios").
+    """Draws the ratio of each window by the configured mix (docs/beacon.md, "Settings").
 
     Draws depend only on (seed, sequence number, window number), so every process of a
     distributed run and every re-run with the same seed draws the same ratios.

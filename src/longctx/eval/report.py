@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from longctx.eval.methods import kinds
+
 
 def load(out_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(out_dir) / "results.jsonl"
@@ -36,8 +38,8 @@ def method_name(r: dict[str, Any]) -> str:
 def _names(rows: list[dict[str, Any]]) -> list[str]:
     """Method names in a stable order: the built-in kinds first, then named methods as they appear."""
     seen = list(dict.fromkeys(method_name(r) for r in rows))
-    kinds = ("full", "truncate", "streaming", "beacon", "beacon-nomem")
-    return [k for k in kinds if k in seen] + [n for n in seen if n not in kinds]
+    order = kinds()
+    return [k for k in order if k in seen] + [n for n in seen if n not in order]
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, float]]:

@@ -1,4 +1,4 @@
-"""RoPE scaling written into a model config in the form transformers reads (SPEC 3.2).
+"""RoPE scaling written into a model config in the form transformers reads (docs/cream.md).
 
 The saved model then reloads as a stock model with no custom code.
 """
@@ -6,6 +6,8 @@ The saved model then reloads as a stock model with no custom code.
 from __future__ import annotations
 
 from typing import Any
+
+from longctx import compat
 
 METHODS = ("linear", "ntk", "yarn")
 
@@ -19,8 +21,8 @@ def scale_rope(config: Any, target_length: int, method: str = "linear") -> Any:
     if target_length % original:
         raise ValueError(f"target length {target_length} is not a whole multiple of the model's {original} positions")
     factor = target_length / original
-    params = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
-    theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    params = compat.rope_parameters(config)
+    theta = float(params["rope_theta"])
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if method == "linear":
         params.update(rope_type="linear", factor=factor, rope_theta=theta)
@@ -29,6 +31,6 @@ def scale_rope(config: Any, target_length: int, method: str = "linear") -> Any:
         params.pop("factor", None)
     else:
         params.update(rope_type="yarn", factor=factor, original_max_position_embeddings=original, rope_theta=theta)
-    config.rope_parameters = params
+    compat.set_rope_parameters(config, params)
     config.max_position_embeddings = target_length
     return config

@@ -1,4 +1,4 @@
-"""Position-id samplers for context extension by fine-tuning at the original length (SPEC 3).
+"""Position-id samplers for context extension by fine-tuning at the original length (docs/cream.md).
 
 Each sampler turns one document (token ids, at least ``N`` long) into a training sample of
 exactly ``N`` tokens whose position ids span ``[0, L)``: CREAM (middle-focused), PoSE
@@ -55,7 +55,7 @@ def truncated_gaussian_ratio(k: int, sigma: float, rng: random.Random, grid_poin
 
 
 def cream(doc: list[int], N: int, L: int, rng: random.Random, sigma: float = 3.0) -> Sample:
-    """CREAM (SPEC 3.1): head at ``0..h-1``, tail at ``L-h..L-1``, a middle of ``N-2h`` tokens
+    """CREAM (Wu et al., 2024, section 3; docs/cream.md): head at ``0..h-1``, tail at ``L-h..L-1``, a middle of ``N-2h`` tokens
     ending at a position drawn to favour the middle of the target context."""
     k = _check(N, L, doc)
     case = "relativity" if rng.random() < 0.5 else "continuity"

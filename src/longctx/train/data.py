@@ -115,8 +115,16 @@ def retrieval_sequences(tok: Any, n: int, min_length: int, max_length: int, seed
     sentences or a slice of ``texts``), a question at the end as a chat turn, loss on the answer
     only. Lengths are drawn in ``[min_length, max_length]`` so the fact mostly lies outside the
     last window and can only be recalled through the compressed memory."""
-    from longctx.eval.tasks.base import chat_prompt, fill, insert_at_depths, overhead, rng_for, sentence_tokens
-    from longctx.eval.tasks.synthetic import NOUNS, PASSKEY_FILLER
+    from longctx.synthetic import (
+        NOUNS,
+        PASSKEY_FILLER,
+        chat_prompt,
+        fill,
+        insert_at_depths,
+        overhead,
+        rng_for,
+        sentence_tokens,
+    )
 
     plain = sentence_tokens(tok, PASSKEY_FILLER)
     out = []

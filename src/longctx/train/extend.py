@@ -1,4 +1,4 @@
-"""Context extension by fine-tuning at the original length (CREAM, PoSE, RandPos, full; SPEC 3).
+"""Context extension by fine-tuning at the original length (CREAM, PoSE, RandPos, full; docs/cream.md).
 
 The model's RoPE is scaled to the target length (linear by default) and it is fine-tuned on
 N-token samples whose position ids span the target length, either fully or with LoRA through

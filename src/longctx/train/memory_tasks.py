@@ -104,7 +104,7 @@ def _facts(r: random.Random, n: int, kinds: tuple[str, ...] | None = None) -> li
 def _filler(tok: Any, r: random.Random, texts: list[str], n_tokens: int) -> tuple[list[int], list[int]]:
     """Filler ids of ``n_tokens`` and the sentence starts within it: a slice of a training text
     (most of the time) or shuffled plain sentences."""
-    from longctx.eval.tasks.base import fill, sentence_tokens
+    from longctx.synthetic import fill, sentence_tokens
 
     if texts and r.random() < 0.75:
         text = r.choice(texts)
@@ -127,7 +127,7 @@ def recall_sequences(tok: Any, n: int, min_length: int, max_length: int, seed: i
     context most of the time (so only the memory holds them), sometimes anywhere. ``kinds``
     restricts the value kinds (:data:`VALUE_KINDS`; default all).
     """
-    from longctx.eval.tasks.base import chat_prompt, insert_at_depths, overhead
+    from longctx.synthetic import chat_prompt, insert_at_depths, overhead
 
     if kinds is not None:
         unknown = sorted(set(kinds) - set(VALUE_KINDS))
@@ -165,7 +165,7 @@ def copy_sequences(tok: Any, n: int, min_length: int, max_length: int, seed: int
                    span: tuple[int, int] = (24, 96), open_window: int = 0) -> list[dict]:
     """A span of real text asked back verbatim (cued by its first words, as a chat turn) or
     simply repeated at the end of the text; loss on the repeated span (after the cue)."""
-    from longctx.eval.tasks.base import chat_prompt, overhead
+    from longctx.synthetic import chat_prompt, overhead
 
     if not texts:
         raise ValueError("copy sequences need training texts")

@@ -1,4 +1,4 @@
-"""Beacon training (SPEC 2.4): compression-based auto-regression with the LLM frozen.
+"""Beacon training (Activation Beacon paper, section 3; docs/training.md): compression-based auto-regression with the LLM frozen.
 
 Every base weight is frozen and only the beacon embedding and projections train. Each
 sequence is streamed window by window with gradients flowing through the beacon memory; the
@@ -197,7 +197,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             if distill:
                 kl = distill_loss(outp.logits, teacher, labels.to(bm.device))
                 outp.loss = distill * kl + (1 - distill) * outp.loss
-        ratios = [s.windows_done for s in bm.memory.samples]
+        windows = [s.windows_done for s in bm.memory.samples]
         drawn = _drawn_ratios(bm, ids.shape[1])
         outp.loss.backward()
         sync.reduce()
@@ -208,7 +208,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         dt = time.perf_counter() - t
         tokens = int(mask.sum())
         row = {"step": step + 1, "loss": float(outp.loss.detach()), "tokens": tokens, "tokens_per_s": tokens / dt,
-               "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm, "kind": kind, "ratios": drawn, "windows": ratios}
+               "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm, "kind": kind, "ratios": drawn, "windows": windows}
         if log is not None and (step + 1) % cfg.log_every == 0:
             log.write(json.dumps(row) + "\n")
             log.flush()

@@ -6,12 +6,17 @@ import json
 import uuid
 from typing import Any
 
-from longctx.eval.tasks.base import Item, chat_prompt, fill, insert_at_depths, overhead, rng_for, sentence_tokens
-
-PASSKEY_FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
-                  "There and back again. ")
-NOUNS = ["saffron", "cinnamon", "juniper", "anchovy", "pepper", "nutmeg", "thyme", "clove", "fennel",
-         "mustard", "ginger", "paprika", "oregano", "caraway", "sorrel", "tarragon"]
+from longctx.eval.tasks.base import Item
+from longctx.synthetic import (
+    NOUNS,
+    PASSKEY_FILLER,
+    chat_prompt,
+    fill,
+    insert_at_depths,
+    overhead,
+    rng_for,
+    sentence_tokens,
+)
 
 
 def passkey(tok: Any, length: int, samples: int, seed: int, depths: list[float] | None = None,

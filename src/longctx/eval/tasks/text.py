@@ -1,4 +1,4 @@
-"""Tasks over real text: long-text perplexity (SPEC 5) and LongBench-format jsonl readers."""
+"""Tasks over real text: long-text perplexity (docs/eval.md) and LongBench-format jsonl readers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def default_documents() -> list[tuple[str, str]]:
 
 
 def ppl(tok: Any, length: int, documents: list[tuple[str, str]] | None = None, tail: int = 2048) -> list[Item]:
-    """Loss on the last ``tail`` tokens of each document's first ``length`` tokens (SPEC 5).
+    """Loss on the last ``tail`` tokens of each document's first ``length`` tokens (docs/eval.md).
 
     Documents shorter than ``length`` are skipped; for short lengths the tail is half the length.
     """
