@@ -168,3 +168,28 @@ def test_plan_step_held_window_overflows_raw():
     assert seg.n_raw == 3 and not seg.closes
     assert plan.overflow == [(1, 3)]  # tokens 2 and 3 of this input lie past the window's end
     assert plan.keep is None
+
+
+def test_training_an_adapter_further_keeps_its_structure():
+    from longctx.beacon.config import continue_training, training_beacon
+
+    made = BeaconConfig(window=64, ratios=[4], placement="append", scheme="step-expansion", attend_prev=False,
+                        projections=["q", "k", "v"], embed_init="bos")
+    run = training_beacon().replace(window=128, ratios=[2, 4], sink=2)
+    cfg = continue_training(run, made)
+    assert (cfg.placement, cfg.scheme, cfg.attend_prev, cfg.projections, cfg.embed_init) == (
+        "append", "step-expansion", False, ["q", "k", "v"], "bos")
+    assert (cfg.window, cfg.ratios, cfg.sink) == (128, [2, 4], 2)  # the run's own
+    with pytest.raises(BeaconConfigError, match="BeaconConfig.scheme: the run sets 'segmentation'"):
+        continue_training(run.replace(scheme="segmentation"), made)
+
+
+def test_saved_runs_of_the_flat_layout_read_into_the_beacon_section():
+    from longctx.train.trainer import TrainConfig, upgrade_saved
+
+    old = {"model": "m", "out": "o", "window": 256, "ratios": [4, 8], "ratio_mix": "fixed", "sink": 1,
+           "projections": ["q", "k", "v", "o"], "embed_init": "eos", "seed": 3, "steps": 5}
+    cfg = TrainConfig.from_dict(old)
+    assert (cfg.beacon.window, cfg.beacon.ratios, cfg.beacon.ratio_mix, cfg.beacon.sink) == (256, [4, 8], "fixed", 1)
+    assert cfg.beacon_config().seed == 3 and cfg.steps == 5
+    assert upgrade_saved({"beacon": {"window": 8}}) == {"beacon": {"window": 8}}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from longctx.beacon import BeaconConfig
 from longctx.train import TrainConfig, train
 from longctx.train.data import chat_example, group_by_windows, make_sequences, retrieval_sequences
 
@@ -19,11 +20,17 @@ def small(tok, **kw):
     return tiny_model("llama", vocab_size=len(tok), max_position_embeddings=2048, **kw)
 
 
+BEACON_KEYS = ("window", "ratios", "ratio_mix", "sink", "placement", "scheme", "projections", "embed_init", "attend_prev")
+
+
 def cfg(corpus, out, **kw):
-    base = dict(data=[str(corpus)], out=str(out), window=64, ratios=[2, 4, 8], min_length=200, max_length=256,
+    """A tiny run; beacon settings (window=..., sink=...) go to its beacon section."""
+    beacon = {"window": 64, "ratios": [2, 4, 8], "ratio_mix": "step-random"}
+    beacon.update({k: kw.pop(k) for k in BEACON_KEYS if k in kw})
+    base = dict(data=[str(corpus)], out=str(out), min_length=200, max_length=256,
                 steps=6, lr=3e-3, warmup=2, dtype="fp32", beacon_dtype="fp32", save_every=2, seed=0)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig(beacon=BeaconConfig(**beacon), **base)
 
 
 def test_training_lowers_the_loss(tok, corpus, tmp_path):
@@ -211,7 +218,7 @@ def test_resume_refuses_other_settings_and_redoes_steps_after_the_checkpoint(tok
     import shutil
 
     train(cfg(corpus, tmp_path, stop_after=3), model=small(tok), tokenizer=tok)
-    with pytest.raises(ValueError, match="window: 64 -> 32"):
+    with pytest.raises(ValueError, match="beacon.window: 64 -> 32"):
         train(cfg(corpus, tmp_path, window=32), model=small(tok), tokenizer=tok)
     shutil.rmtree(sorted((tmp_path / "checkpoints").iterdir())[-1])  # killed after step 3, last checkpoint at 2
     train(cfg(corpus, tmp_path), model=small(tok), tokenizer=tok)

@@ -26,15 +26,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attn", default="sdpa", help="attention implementation of the base model (default sdpa)")
 
 
-def _add_beacon_args(p: argparse.ArgumentParser, ratios=None, mix=None) -> None:
+def _add_beacon_args(p: argparse.ArgumentParser) -> None:
+    """--window/--ratios/--ratio-mix/--sink over the adapter's settings (help from BeaconConfig); a
+    long input is read with the ratios and ``adapt-K`` mix of READ_RATIOS/READ_MIX by default."""
+    import dataclasses
+
+    from longctx.beacon.config import READ_MIX, READ_RATIOS, BeaconConfig
+
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(BeaconConfig)}
     g = p.add_argument_group("beacon (override the adapter's settings)")
-    g.add_argument("--window", type=int, default=None, help="raw tokens per window (adapter default: 1024)")
-    g.add_argument("--ratios", type=int, nargs="+", default=ratios,
-                   help="candidate compression ratios; 0 keeps a window uncompressed")
-    g.add_argument("--ratio-mix", default=mix,
-                   help="fixed | step-random | instance-random | sequence | adapt-K (e.g. adapt-1024: smallest "
-                        "ratio that keeps positions within the model's window)")
-    g.add_argument("--sink", type=int, default=None, help="first tokens kept ahead of the memory")
+    g.add_argument("--window", type=int, default=None, help=helps["window"] + " (default: the adapter's)")
+    g.add_argument("--ratios", type=int, nargs="+", default=list(READ_RATIOS),
+                   help=helps["ratios"] + f" (default: {' '.join(map(str, READ_RATIOS))})")
+    g.add_argument("--ratio-mix", default=READ_MIX, help=helps["ratio_mix"] + f" (default: {READ_MIX})")
+    g.add_argument("--sink", type=int, default=None, help=helps["sink"] + " (default: the adapter's)")
 
 
 def _say_dtype(model, args: argparse.Namespace) -> None:
@@ -69,13 +74,7 @@ def build_beacon(args: argparse.Namespace):
         adapter = BeaconAdapter.from_model(model, BeaconConfig())
         note = ("adapter: copy-initialised, UNTRAINED (beacon weights are copies of the model's own; no trained "
                 "adapter was given or shipped for this model): expect poor answers; train one with `longctx train`")
-    changes = {"window": getattr(args, "window", None), "ratios": getattr(args, "ratios", None),
-               "ratio_mix": getattr(args, "ratio_mix", None), "sink": getattr(args, "sink", None)}
-    if any(v is not None for v in changes.values()):
-        cfg = adapter.config.replace(**changes)
-        if getattr(args, "ratios", None) and getattr(args, "ratio_mix", None) is None and len(args.ratios) == 1:
-            cfg = cfg.replace(ratio_mix="fixed")
-        adapter.config = cfg
+    adapter.config = adapter.config.override(**{k: getattr(args, k, None) for k in ("window", "ratios", "ratio_mix", "sink")})
     return BeaconModel(model, tok, adapter), note
 
 
@@ -310,55 +309,68 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a beacon adapter (base model frozen), or extend a model's context with --method
-    cream/pose/randpos/full; checkpoints and resumes from --out."""
+    cream/pose/randpos/full; checkpoints and resumes from --out. Options override the recipe."""
     from longctx.train import TrainConfig, train
+    from longctx.train.extend import ExtendConfig, extend
+    from longctx.typed import build, options_of, read_yaml
 
-    method = args.method
-    if method is None and args.recipe:
-        import yaml
-
-        try:
-            recipe = yaml.safe_load(Path(args.recipe).read_text()) or {}
-        except OSError as e:
-            raise ValueError(f"cannot read recipe {args.recipe}: {e}") from e
-        except yaml.YAMLError as e:
-            raise ValueError(f"recipe {args.recipe} is not valid YAML: {e}") from e
-        method = recipe.get("method") if isinstance(recipe, dict) else None
-    args.method = method or "beacon"
+    recipe = read_yaml(args.recipe) if args.recipe else {}
+    method = args.method or recipe.get("method") or "beacon"
     check_output_dir(args.out, "--out")
-    if args.method != "beacon":
-        from longctx.train.extend import ExtendConfig, extend
-
-        fields = {"method": args.method, "model": args.model, "data": args.data, "out": args.out,
-                  "target_length": args.target_length, "rope": args.rope, "steps": args.steps, "lr": args.lr,
-                  "seed": args.seed, "save_every": args.save_every, "stop_after": args.stop_after,
-                  "dtype": args.dtype, "batch_size": args.batch_size, "lora": args.lora}
-        if args.checkpointing:
-            fields["checkpointing"] = True
-        cfg = ExtendConfig.from_yaml(args.recipe, **fields) if args.recipe else ExtendConfig(
-            **{k: v for k, v in fields.items() if v is not None})
+    cls = TrainConfig if method == "beacon" else ExtendConfig
+    mine, theirs = (TRAIN_OPTIONS, EXTEND_OPTIONS) if cls is TrainConfig else (EXTEND_OPTIONS, TRAIN_OPTIONS)
+    foreign = sorted(d.split(".")[-1] for d in set(theirs) - set(mine) if getattr(args, d, None) is not None)
+    if foreign:
+        kind = "beacon training" if cls is TrainConfig else "context extension"
+        raise ValueError(f"--{', --'.join(f.replace('_', '-') for f in foreign)} do not apply to {kind} "
+                         f"(--method {method})")
+    given = options_of(args, mine)
+    if cls is ExtendConfig:
+        given["method"] = method
         if not args.recipe and not args.target_length:
             raise ValueError("--method cream/pose/randpos/full needs --target-length")
+    cfg = cls.from_yaml(args.recipe, **given) if args.recipe else build(cls, given, "train options")
+    if cls is ExtendConfig:
         out = extend(cfg)
         print(f"extended model in {out}/model (loads in stock transformers)")
         return 0
-
-    overrides = {k: getattr(args, k) for k in ("model", "data", "out", "adapter", "window", "ratios", "ratio_mix",
-                                                "min_length", "max_length", "batch_size", "steps", "lr", "seed",
-                                                "save_every", "stop_after", "dtype", "retrieval", "zero")}
-    for flag in ("checkpointing", "fsdp"):
-        if getattr(args, flag):
-            overrides[flag] = True
-    cfg = TrainConfig.from_yaml(args.recipe, **overrides) if args.recipe else TrainConfig(
-        **{k: v for k, v in overrides.items() if v is not None})
     out = train(cfg)
     print(f"adapter and checkpoints in {out}")
     return 0
 
 
+TRAIN_OPTIONS: list[str] = []  # option destinations of TrainConfig (with beacon.*), filled by the parser
+EXTEND_OPTIONS: list[str] = []
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """The train subcommand's options, made from TrainConfig, its beacon section and ExtendConfig."""
+    import dataclasses
+
+    from longctx.beacon.config import BeaconConfig, training_beacon
+    from longctx.train import TrainConfig
+    from longctx.train.extend import ExtendConfig
+    from longctx.typed import add_options
+
+    p.add_argument("--method", default=None, choices=["beacon", "cream", "pose", "randpos", "full"],
+                   help="beacon adapter (default, or the recipe's) or context extension by position ids")
+    p.add_argument("--recipe", default=None, help="YAML recipe (recipes/*.yaml); options below override it")
+    ext = {f.name: f for f in dataclasses.fields(ExtendConfig)}
+    shared = {f.name for f in dataclasses.fields(TrainConfig)} & set(ext)
+    taken = {"method"}
+    g = p.add_argument_group("training (beacon; the shared ones also context extension)")
+    TRAIN_OPTIONS[:] = add_options(g, TrainConfig, taken=taken, alt=ExtendConfig, alt_label="extension")
+    g = p.add_argument_group("beacon settings trained")
+    TRAIN_OPTIONS.extend(add_options(g, BeaconConfig, section="beacon", skip=("seed",), defaults=training_beacon(),
+                                     taken=taken))
+    g = p.add_argument_group("context extension only (--method cream/pose/randpos/full)")
+    EXTEND_OPTIONS[:] = add_options(g, ExtendConfig, taken=taken) + sorted(shared - {"method"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longctx", description="longctx: read inputs far longer than a model's window (Activation Beacon).")
     sub = parser.add_subparsers(dest="command", required=True)
+    SUBPARSERS.clear()
 
     p = sub.add_parser("generate", help="read a long input with beacon compression and answer a prompt",
                        description=cmd_generate.__doc__)
@@ -367,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="question or instruction after the input")
     p.add_argument("--no-chat", action="store_true", help="feed input+prompt as plain text (no chat template)")
     _add_model_args(p)
-    _add_beacon_args(p, ratios=[2, 4, 8, 16, 32, 64, 128], mix="adapt-1024")
+    _add_beacon_args(p)
     _add_gen_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -376,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?", default="moby-dick", help="text file, '-' for stdin, or 'moby-dick'")
     p.add_argument("--out", required=True, help="memory file to write (one safetensors file)")
     _add_model_args(p)
-    _add_beacon_args(p, ratios=[2, 4, 8, 16, 32, 64, 128], mix="adapt-1024")
+    _add_beacon_args(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("ask", help="answer prompts from a saved memory", description=cmd_ask.__doc__)
@@ -426,37 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("train", help="train a beacon adapter", description=cmd_train.__doc__)
-    p.add_argument("--method", default=None, choices=["beacon", "cream", "pose", "randpos", "full"],
-                   help="beacon adapter (default, or the recipe's) or context extension by position ids")
-    p.add_argument("--target-length", type=int, default=None, help="context extension: target length L")
-    p.add_argument("--rope", default=None, choices=["linear", "ntk", "yarn"], help="context extension: RoPE scaling")
-    p.add_argument("--lora", type=int, default=None, help="context extension: LoRA rank (peft); 0 = full fine-tuning")
-    p.add_argument("--recipe", default=None, help="YAML recipe (recipes/*.yaml); options below override it")
-    p.add_argument("--model", default=None, help="base model (default smollm2-135m)")
-    p.add_argument("--data", nargs="+", default=None,
-                   help="files/folders of .txt/.jsonl, 'moby-dick', 'sotu', or hf:NAME[:split]")
-    p.add_argument("--out", default=None, help="output folder (checkpoints, log.jsonl, adapter/); resumes from it")
-    p.add_argument("--adapter", default=None, help="start from this adapter instead of copy-initialising")
-    p.add_argument("--window", type=int, default=None, help="beacon window (default 512)")
-    p.add_argument("--ratios", type=int, nargs="+", default=None, help="ratios drawn per window (default 2 4 8 16 32)")
-    p.add_argument("--ratio-mix", default=None, help="step-random (default), instance-random, sequence, fixed")
-    p.add_argument("--min-length", type=int, default=None, help="shortest training sequence in tokens")
-    p.add_argument("--max-length", type=int, default=None, help="longest training sequence (longer texts are cut)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (same number of windows)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps in total")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (cosine schedule after warm-up)")
-    p.add_argument("--seed", type=int, default=None, help="seed of data order and ratio draws")
-    p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (atomic)")
-    p.add_argument("--stop-after", type=int, default=None, help="end this run after N steps (resume later)")
-    p.add_argument("--dtype", default=None, help="base model dtype (bf16 default)")
-    p.add_argument("--zero", type=int, default=None, choices=[0, 2],
-                   help="2: shard adapter gradients and optimizer states across ranks (ZeRO-2)")
-    p.add_argument("--fsdp", action="store_true",
-                   help="shard the frozen base model's decoder layers across ranks (FSDP2; beacon training)")
-    p.add_argument("--retrieval", type=int, default=None,
-                   help="add N synthetic retrieval sequences (a fact hidden in filler, loss on the answer)")
-    p.add_argument("--checkpointing", action="store_true", help="non-reentrant activation checkpointing")
+    p = sub.add_parser("train", help="train a beacon adapter, or extend a model's context", description=cmd_train.__doc__)
+    _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="benchmark full attention vs beacon side by side", description=cmd_bench.__doc__)
@@ -471,11 +454,57 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use a randomly initialised model of the --model's shape (timing needs no weights)")
     _add_model_args(p)
     p.set_defaults(func=cmd_bench)
+    for name, sp in sub.choices.items():
+        if name != "train":  # train has --recipe
+            sp.add_argument("--config", default=None,
+                            help="YAML file of this command's options (keys: option names); the command line wins")
+        SUBPARSERS[name] = sp
     return parser
 
 
+SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
+def apply_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; a subcommand's ``--config FILE`` (YAML: option names as keys, e.g.
+    ``max_new_tokens: 64``) sets its defaults first, and options on the command line win."""
+    args = parser.parse_args(argv)
+    path = getattr(args, "config", None)
+    if not path:
+        return args
+    from longctx.typed import read_yaml
+
+    sub = SUBPARSERS[args.command]
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "config", "func")}
+    data = {k.replace("-", "_"): v for k, v in read_yaml(path).items()}
+    unknown = sorted(set(data) - set(actions))
+    if unknown:
+        raise ValueError(f"config {path}: unknown options {unknown} for 'longctx {args.command}' "
+                         f"(known: {sorted(actions)})")
+    for k, v in data.items():
+        a = actions[k]
+        items = v if isinstance(v, list) and a.nargs in ("+", "*") else [v]
+        want = a.type if a.type in (int, float) else None
+        if isinstance(v, list) and a.nargs not in ("+", "*"):
+            raise ValueError(f"config {path}: {k} takes one value, got a list")
+        if want is not None and any(isinstance(x, bool) or not isinstance(x, (int, float) if want is float else int)
+                                    for x in items):
+            raise ValueError(f"config {path}: {k}={v!r} is not of type {want.__name__}")
+        if a.choices is not None and any(x not in a.choices for x in items):
+            raise ValueError(f"config {path}: {k}={v!r} is not one of {list(a.choices)}")
+        if a.nargs in ("+", "*") and not isinstance(v, list):
+            data[k] = [v]
+    sub.set_defaults(**data)
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = apply_config(parser, argv)
+    except ValueError as e:
+        print(f"longctx: error: {e}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except (ValueError, OSError, NotImplementedError) as e:

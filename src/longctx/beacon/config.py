@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from longctx.typed import opt
 
 PLACEMENTS = ("interleave", "append")
 SCHEMES = ("full-coverage", "step-expansion", "segmentation")
@@ -13,6 +15,9 @@ MIXES = ("fixed", "step-random", "instance-random", "sequence")
 PROJECTIONS = ("q", "k", "v", "o")
 EMBED_INITS = ("eos", "bos")
 _ADAPT = re.compile(r"^adapt-(\d+)$")
+READ_RATIOS = [2, 4, 8, 16, 32, 64, 128]  # reading a long input with adapt-K (generate, compress)
+TRAIN_RATIOS = [2, 4, 8, 16, 32]  # drawn per window in training, and adapt-K in evaluation
+READ_MIX = "adapt-1024"
 
 
 def _not_int(v: Any) -> bool:
@@ -25,34 +30,22 @@ class BeaconConfigError(ValueError):
 
 @dataclass
 class BeaconConfig:
-    """Settings of a beacon adapter.
+    """Settings of a beacon adapter (each field's help below; docs/beacon.md, "Settings")."""
 
-    window: raw tokens per window (``beacon_window``); the stride equals it.
-    ratios: candidate compression ratios; ``0`` keeps a window uncompressed.
-    ratio_mix: ``fixed`` (first ratio), ``step-random`` (per window), ``instance-random``
-        (per sequence), ``sequence`` (cycle per window) or ``adapt-K`` (per sequence,
-        smallest ratio whose compressed length fits the model's positions with K to spare).
-    placement: ``interleave`` (a beacon after every ``a`` raw tokens) or ``append``
-        (``window/a`` beacons after each full window).
-    scheme: attention of beacons: ``full-coverage``, ``step-expansion`` or ``segmentation``.
-    projections: which of q, k, v, o get beacon copies.
-    embed_init: token whose embedding initialises the beacon embedding (eos or bos).
-    sink: first tokens of the input kept ahead of the memory.
-    attend_prev: in step-expansion/segmentation, whether a beacon sees earlier beacons of
-        its window (also sets its position in append mode; docs/beacon.md, "Settings").
-    seed: seed of random ratio draws.
-    """
-
-    window: int = 1024
-    ratios: list[int] = field(default_factory=lambda: [8])
-    ratio_mix: str = "fixed"
-    placement: str = "interleave"
-    scheme: str = "full-coverage"
-    projections: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
-    embed_init: str = "eos"
-    sink: int = 0
-    attend_prev: bool = True
-    seed: int = 0
+    window: int = opt(1024, help="raw tokens per window (beacon_window); the stride equals it")
+    ratios: list[int] = opt(factory=lambda: [8], help="candidate compression ratios; 0 keeps a window uncompressed")
+    ratio_mix: str = opt("fixed", help="fixed (first ratio), step-random (per window), instance-random (per sequence), "
+                                       "sequence (cycle), adapt-K (per sequence: smallest ratio whose compressed "
+                                       "length fits the model's positions with K to spare)")
+    placement: str = opt("interleave", help="interleave (a beacon after every a raw tokens) or append "
+                                            "(window/a beacons after each full window)")
+    scheme: str = opt("full-coverage", help="what beacons attend to: full-coverage, step-expansion or segmentation")
+    projections: list[str] = opt(factory=lambda: ["q", "k", "v", "o"], help="which of q, k, v, o get beacon copies")
+    embed_init: str = opt("eos", help="token whose embedding initialises the beacon embedding (eos or bos)")
+    sink: int = opt(0, help="first tokens of the input kept ahead of the memory")
+    attend_prev: bool = opt(True, help="step-expansion/segmentation: a beacon sees earlier beacons of its window "
+                                       "(in append mode this also sets its position)")
+    seed: int = opt(0, help="seed of random ratio draws")
 
     def __post_init__(self) -> None:
         def bad(name: str, msg: str) -> BeaconConfigError:
@@ -127,6 +120,39 @@ class BeaconConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     def replace(self, **changes: Any) -> BeaconConfig:
+        """A copy with the changes that are not None."""
         data = self.to_dict()
         data.update({k: v for k, v in changes.items() if v is not None})
         return BeaconConfig.from_dict(data)
+
+    def override(self, **changes: Any) -> BeaconConfig:
+        """Inference overrides (the CLI's --window/--ratios/--ratio-mix/--sink, eval's ratio): as
+        :meth:`replace`, and a single ratio given without a mix reads at that fixed ratio."""
+        cfg = self.replace(**changes)
+        ratios = changes.get("ratios")
+        if ratios is not None and changes.get("ratio_mix") is None and len(ratios) == 1:
+            cfg = cfg.replace(ratio_mix="fixed")
+        return cfg
+
+
+STRUCTURE = ("projections", "placement", "scheme", "attend_prev", "embed_init")  # fixed once an adapter is trained
+
+
+def training_beacon() -> BeaconConfig:
+    """The beacon settings a training run uses unless its recipe says otherwise."""
+    return BeaconConfig(window=512, ratios=list(TRAIN_RATIOS), ratio_mix="step-random")
+
+
+def continue_training(run: BeaconConfig, adapter: BeaconConfig) -> BeaconConfig:
+    """The settings for training further an adapter made with ``adapter``: its structure (projections,
+    placement, scheme, attend_prev, embed_init) is kept, the run's window, ratios, mix and sink apply.
+    A run that sets a structural field other than the default and other than the adapter's is refused."""
+    default = training_beacon()
+    kept = {}
+    for name in STRUCTURE:
+        mine, theirs = getattr(run, name), getattr(adapter, name)
+        if mine != theirs and mine != getattr(default, name):
+            raise BeaconConfigError(f"BeaconConfig.{name}: the run sets {mine!r} but the adapter it continues was "
+                                    f"made with {theirs!r}; an adapter's {name} cannot change")
+        kept[name] = theirs
+    return run.replace(**kept)

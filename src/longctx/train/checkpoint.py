@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,21 +135,36 @@ def load_checkpoint(path: Path, adapter, optimizer: torch.optim.Optimizer, rank:
     return meta
 
 
-def check_resumable(config_file: Path, now: dict[str, Any], may_change: set[str]) -> None:
-    """Refuse to resume a run whose saved settings (``config_file``) differ from ``now`` outside
-    ``may_change`` (it would mix two runs)."""
+def check_resumable(config_file: Path, now: dict[str, Any], may_change: set[str],
+                    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Refuse to resume a run whose saved settings (``config_file``, brought to today's shape by
+    ``upgrade``) differ from ``now`` outside ``may_change`` (it would mix two runs)."""
     if not config_file.exists():
         return
     try:
         before = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"cannot read {config_file}: {e}") from e
+    if upgrade is not None:
+        before = upgrade(before)
+    before, now = _flat(before), _flat(now)
     differ = sorted(k for k in set(before) | set(now)
                     if k not in may_change and before.get(k, now.get(k)) != now.get(k, before.get(k)))
     if differ:
         shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differ)
         raise ValueError(f"{config_file.parent} holds a run with other settings ({shown}); use a new --out, or "
                          f"delete {config_file.parent} to start over")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted keys (``beacon.window``), so a difference names the one setting."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def truncate_log(log: Path, step: int) -> None:

@@ -115,36 +115,27 @@ def retrieval_sequences(tok: Any, n: int, min_length: int, max_length: int, seed
     sentences or a slice of ``texts``), a question at the end as a chat turn, loss on the answer
     only. Lengths are drawn in ``[min_length, max_length]`` so the fact mostly lies outside the
     last window and can only be recalled through the compressed memory."""
-    from longctx.synthetic import (
-        NOUNS,
-        PASSKEY_FILLER,
-        chat_prompt,
-        fill,
-        insert_at_depths,
-        overhead,
-        rng_for,
-        sentence_tokens,
-    )
+    from longctx import synthetic as syn
 
-    plain = sentence_tokens(tok, PASSKEY_FILLER)
+    plain = syn.sentence_tokens(tok, syn.PASSKEY_FILLER)
     out = []
     for i in range(n):
-        r = rng_for(seed, "retrieval", i)
+        r = syn.rng_for(seed, "retrieval", i)
         needle_t, question_t, prefix_t = r.choice(RETRIEVAL_TEMPLATES)
-        name, key = r.choice(NOUNS), str(r.randint(10000, 99999))
+        name, key = r.choice(syn.NOUNS), str(r.randint(10000, 99999))
         needle = tok(needle_t.format(k=key, n=name), add_special_tokens=False).input_ids
         question, prefix = question_t.format(n=name), prefix_t.format(n=name)
         answer = tok(f" {key}.", add_special_tokens=False).input_ids
         length = r.randint(min_length, max_length)
-        n_ctx = length - overhead(tok, question, prefix) - len(needle) - len(answer)
+        n_ctx = length - syn.overhead(tok, question, prefix) - len(needle) - len(answer)
         if texts and r.random() < 0.5:
             text = r.choice(texts)
             start = r.randrange(max(1, len(text) - 8 * n_ctx))
-            sents = sentence_tokens(tok, text[start : start + 8 * n_ctx])
+            sents = syn.sentence_tokens(tok, text[start : start + 8 * n_ctx])
         else:
             sents = plain
-        filler, bounds = fill(sents, n_ctx, start=r.randrange(len(sents)))
-        ctx, _ = insert_at_depths(filler, bounds, [(r.uniform(0.0, 0.9), needle)])
-        ids, _ = chat_prompt(tok, ctx, question, prefix)
+        filler, bounds = syn.fill(sents, n_ctx, start=r.randrange(len(sents)))
+        ctx, _ = syn.insert_at_depths(filler, bounds, [(r.uniform(0.0, 0.9), needle)])
+        ids, _ = syn.chat_prompt(tok, ctx, question, prefix)
         out.append({"input_ids": ids + answer, "labels": [-100] * len(ids) + answer, "source": "retrieval"})
     return out

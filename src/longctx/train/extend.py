@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,32 +32,34 @@ from longctx.train.checkpoint import (
 from longctx.train.data import read_records
 from longctx.train.trainer import dist_rank_world
 from longctx.train.zero import GradSync
-from longctx.typed import check_types, from_yaml
+from longctx.typed import check_types, from_yaml, opt
 
 
 @dataclass
 class ExtendConfig:
-    method: str = "cream"  # cream | pose | randpos | full
-    model: str = "smollm2-135m"
-    data: list[str] = field(default_factory=lambda: ["moby-dick", "sotu"])
-    out: str = "runs/cream"
-    target_length: int = 32768
-    train_length: int | None = None  # default: the model's own positions
-    rope: str = "linear"  # linear | ntk | yarn
-    steps: int = 100
-    lr: float = 2e-5
-    warmup: int = 10
-    batch_size: int = 1
-    seed: int = 0
-    dtype: str = "bf16"
-    save_every: int = 50
-    stop_after: int | None = None
-    sigma: float = 3.0
-    holdout: list[str] = field(default_factory=list)  # sources never trained on (substring match)
-    lora: int = 0  # LoRA rank through peft; 0 = full fine-tuning
-    lora_alpha: int = 32
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    checkpointing: bool = False  # non-reentrant gradient checkpointing (transformers' own)
+    """A context-extension run (recipes/smollm2-135m-cream.yaml holds these keys)."""
+
+    method: str = opt("cream", help="cream | pose | randpos | full")
+    model: str = opt("smollm2-135m", help="base model: hub id, local directory or the embedded default")
+    data: list[str] = opt(factory=lambda: ["moby-dick", "sotu"], help="training texts (as for beacon training)")
+    out: str = opt("runs/cream", help="output folder (checkpoints, log.jsonl, model/); a rerun resumes it")
+    target_length: int = opt(32768, help="target length L the position ids span")
+    train_length: int | None = opt(None, help="tokens per training sample (default: the model's own positions)")
+    rope: str = opt("linear", help="RoPE scaling: linear | ntk | yarn")
+    steps: int = opt(100, help="optimizer steps in total (0: save the model with only its RoPE scaled)")
+    lr: float = opt(2e-5, help="peak learning rate")
+    warmup: int = opt(10, help="warm-up steps")
+    batch_size: int = opt(1, help="samples per step")
+    seed: int = opt(0, help="seed of data order and position draws")
+    dtype: str = opt("bf16", help="model dtype")
+    save_every: int = opt(50, help="checkpoint every N steps")
+    stop_after: int | None = opt(None, help="end this run after N steps (resume later)")
+    sigma: float = opt(3.0, help="CREAM: spread of the truncated Gaussian middle sampling")
+    holdout: list[str] = opt(factory=list, help="sources never trained on (substring match)")
+    lora: int = opt(0, help="LoRA rank through peft; 0 = full fine-tuning")
+    lora_alpha: int = opt(32, help="LoRA alpha")
+    lora_targets: list[str] = opt(factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], help="LoRA target modules")
+    checkpointing: bool = opt(False, help="non-reentrant gradient checkpointing (transformers' own)")
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -17,7 +17,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
+from longctx.beacon.config import continue_training, training_beacon
 from longctx.train.checkpoint import (
     check_resumable,
     latest_checkpoint,
@@ -38,58 +39,59 @@ from longctx.train.data import group_by_windows, make_sequences, read_records, r
 from longctx.train.fsdp import shard_base_layers
 from longctx.train.memory_tasks import copy_sequences, recall_sequences
 from longctx.train.zero import GradSync
-from longctx.typed import check_types, from_yaml
+from longctx.typed import build, check_types, from_yaml, opt
+
+FLAT_BEACON = ("window", "ratios", "ratio_mix", "projections", "sink", "embed_init")  # before the beacon section
 
 
 @dataclass
 class TrainConfig:
-    model: str = "smollm2-135m"
-    data: list[str] = field(default_factory=lambda: ["moby-dick"])
-    out: str = "runs/beacon"
-    adapter: str | None = None  # start from this adapter instead of copy-initialising
-    window: int = 512
-    ratios: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
-    ratio_mix: str = "step-random"
-    projections: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
-    min_length: int = 1024
-    max_length: int = 2048
-    batch_size: int = 1
-    steps: int = 100
-    lr: float = 1e-4
-    warmup: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    dtype: str = "bf16"  # base model
-    beacon_dtype: str = "fp32"  # trainable beacon weights
-    checkpointing: bool = False
-    save_every: int = 50
-    log_every: int = 1
-    stop_after: int | None = None  # end this run after this many steps (resume later)
-    time_limit: float | None = None  # minutes: checkpoint, write the adapter and stop once exceeded
-    save_minutes: float | None = None  # also checkpoint whenever this many minutes passed since the last one
-    holdout: list[str] = field(default_factory=list)  # sources never trained on (substring match)
-    retrieval: int = 0  # synthetic retrieval sequences added to the text (loss on the answers only)
-    recall: int = 0  # multi-fact recall sequences (memory_tasks.recall_sequences)
-    recall_kinds: list[str] | None = None  # value kinds of the recall facts (default: all)
-    recall_facts: int = 6  # at most this many facts per recall sequence
-    text_sequences: int | None = None  # at most this many prose sequences (seeded sample; default: all)
-    copy: int = 0  # span-copy sequences (memory_tasks.copy_sequences)
-    distill: float = 0.0  # on text: weight of KL from the frozen model's full-attention predictions (1 = KL only)
-    sink: int = 0  # first tokens kept ahead of the memory
-    embed_init: str = "eos"
-    zero: int = 0  # 2: shard adapter gradients and optimizer states across ranks (ZeRO-2); 0: replicate
-    fsdp: bool = False  # shard the frozen base model's decoder layers across ranks (FSDP2)
-    every_rank_writes: bool = False  # each rank writes its own log and final adapter (checks; separate outs)
+    """A beacon training run (recipes/*.yaml hold these keys; ``beacon:`` is a section of its own)."""
+
+    model: str = opt("smollm2-135m", help="base model: hub id, local directory or the embedded default")
+    data: list[str] = opt(factory=lambda: ["moby-dick"], help="files/folders of .txt/.jsonl, 'moby-dick', 'sotu', "
+                                                              "or hf:NAME[:split]")
+    out: str = opt("runs/beacon", help="output folder (checkpoints, log.jsonl, adapter/); a rerun resumes it")
+    adapter: str | None = opt(None, help="start from this adapter instead of copy-initialising (its projections, "
+                                         "placement, scheme, attend_prev and embed_init are kept)")
+    beacon: BeaconConfig = opt(factory=training_beacon, help="beacon settings trained (the run's seed seeds ratio draws)")
+    min_length: int = opt(1024, help="shortest training sequence in tokens")
+    max_length: int = opt(2048, help="longest training sequence (longer texts are cut)")
+    batch_size: int = opt(1, help="sequences per step (grouped to the same number of windows)")
+    steps: int = opt(100, help="optimizer steps in total")
+    lr: float = opt(1e-4, help="peak learning rate (cosine schedule after warm-up)")
+    warmup: int = opt(10, help="warm-up steps")
+    weight_decay: float = opt(0.0, help="AdamW weight decay")
+    grad_clip: float = opt(1.0, help="gradient norm clip")
+    seed: int = opt(0, help="seed of data order and ratio draws")
+    dtype: str = opt("bf16", help="base model dtype")
+    beacon_dtype: str = opt("fp32", help="dtype of the trainable beacon weights")
+    checkpointing: bool = opt(False, help="non-reentrant activation checkpointing of every decoder layer")
+    save_every: int = opt(50, help="checkpoint every N steps (atomic)")
+    log_every: int = opt(1, help="log every N steps")
+    stop_after: int | None = opt(None, help="end this run after N steps (resume later)")
+    time_limit: float | None = opt(None, help="minutes: checkpoint, write the adapter and stop once exceeded")
+    save_minutes: float | None = opt(None, help="also checkpoint whenever this many minutes passed since the last one")
+    holdout: list[str] = opt(factory=list, help="sources never trained on (substring match)")
+    retrieval: int = opt(0, help="synthetic retrieval sequences added to the text (loss on the answers only)")
+    recall: int = opt(0, help="multi-fact recall sequences (train/memory_tasks.py)")
+    recall_kinds: list[str] | None = opt(None, help="value kinds of the recall facts (default: all)")
+    recall_facts: int = opt(6, help="at most this many facts per recall sequence")
+    text_sequences: int | None = opt(None, help="at most this many prose sequences (seeded sample; default: all)")
+    copy: int = opt(0, help="span-copy sequences (train/memory_tasks.py)")
+    distill: float = opt(0.0, help="on text: weight of KL from the frozen model's full-attention predictions "
+                                   "(1 = KL only)")
+    zero: int = opt(0, help="2: shard adapter gradients and optimizer states across ranks (ZeRO-2); 0: replicate")
+    fsdp: bool = opt(False, help="shard the frozen base model's decoder layers across ranks (FSDP2)")
+    every_rank_writes: bool = opt(False, help="each rank writes its own log and final adapter (checks)")
 
     def beacon_config(self) -> BeaconConfig:
-        """The beacon settings this run trains."""
-        return BeaconConfig(window=self.window, ratios=self.ratios, ratio_mix=self.ratio_mix, sink=self.sink,
-                            projections=self.projections, seed=self.seed, embed_init=self.embed_init)
+        """The beacon settings this run trains (ratio draws seeded by the run's seed)."""
+        return self.beacon.replace(seed=self.seed)
 
     def __post_init__(self) -> None:
         check_types(self)
-        for name in ("steps", "batch_size", "save_every", "log_every", "min_length", "max_length", "window"):
+        for name in ("steps", "batch_size", "save_every", "log_every", "min_length", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be at least 1, got {getattr(self, name)}")
         if self.max_length < self.min_length:
@@ -98,10 +100,27 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"TrainConfig: {name} must be positive, got {v}")
+        if self.zero not in (0, 2):
+            raise ValueError(f"TrainConfig: zero must be 0 or 2, got {self.zero}")
 
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> TrainConfig:
         return from_yaml(cls, path, overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "TrainConfig") -> TrainConfig:
+        """From a mapping (a recipe, a saved ``train_config.json``; flat beacon keys of older runs
+        are read into the beacon section)."""
+        return build(cls, upgrade_saved(data), where)
+
+
+def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's settings in today's shape: older runs kept window, ratios, ... at the top."""
+    if "beacon" in data or not any(k in data for k in FLAT_BEACON):
+        return data
+    data = dict(data)
+    beacon = {k: data.pop(k) for k in FLAT_BEACON if k in data}
+    return {**data, "beacon": {**training_beacon().to_dict(), **beacon}}
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -133,8 +152,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     if model is None:
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
     beacon_cfg = cfg.beacon_config()
-    adapter = (BeaconAdapter.load(cfg.adapter, model, dtype=parse_dtype(cfg.beacon_dtype)) if cfg.adapter
-               else BeaconAdapter.from_model(model, beacon_cfg, dtype=parse_dtype(cfg.beacon_dtype)))
+    if cfg.adapter:
+        adapter = BeaconAdapter.load(cfg.adapter, model, dtype=parse_dtype(cfg.beacon_dtype))
+        beacon_cfg = continue_training(beacon_cfg, adapter.config)
+    else:
+        adapter = BeaconAdapter.from_model(model, beacon_cfg, dtype=parse_dtype(cfg.beacon_dtype))
     adapter.config = beacon_cfg
     bm = BeaconModel(model, tokenizer, adapter)
     n_train = bm.freeze_base()
@@ -151,13 +173,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         seqs += retrieval_sequences(tokenizer, cfg.retrieval, cfg.min_length, cfg.max_length, cfg.seed, texts)
     if cfg.recall:
         seqs += recall_sequences(tokenizer, cfg.recall, cfg.min_length, cfg.max_length, cfg.seed, texts,
-                                 max_facts=cfg.recall_facts, open_window=cfg.window, kinds=cfg.recall_kinds)
+                                 max_facts=cfg.recall_facts, open_window=beacon_cfg.window, kinds=cfg.recall_kinds)
     if cfg.copy:
         seqs += copy_sequences(tokenizer, cfg.copy, cfg.min_length, cfg.max_length, cfg.seed, texts,
-                               open_window=cfg.window)
+                               open_window=beacon_cfg.window)
     if not seqs:
         raise ValueError(f"no training sequences of at least {cfg.min_length} tokens in {cfg.data}")
-    batches = group_by_windows([len(s["input_ids"]) for s in seqs], cfg.window, cfg.batch_size, cfg.seed, world)
+    batches = group_by_windows([len(s["input_ids"]) for s in seqs], beacon_cfg.window, cfg.batch_size, cfg.seed, world)
     if len(batches) < world:
         raise ValueError(f"{len(batches)} batches cannot feed {world} ranks")
     sync = GradSync(list(adapter.parameters()), rank, world, cfg.zero)
@@ -165,7 +187,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     start = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
-        check_resumable(out / "train_config.json", asdict(cfg), RESUME_MAY_CHANGE)
+        check_resumable(out / "train_config.json", asdict(cfg), RESUME_MAY_CHANGE, upgrade=upgrade_saved)
         start = load_checkpoint(ckpt, adapter, opt, rank, sync.sharded)["step"]
     if rank == 0:
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -240,13 +262,19 @@ def export_adapter(run: str | Path, out: str | Path, model=None, step: int | Non
     from longctx.models import load_model
 
     run = Path(run)
-    cfg = TrainConfig(**json.loads((run / "train_config.json").read_text()))
+    cfg = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()), f"{run}/train_config.json")
     ckpt = latest_checkpoint(run) if step is None else run / "checkpoints" / f"step-{step:08d}"
     if ckpt is None or not ckpt.exists():
         raise FileNotFoundError(f"no checkpoint in {run}" + (f" for step {step}" if step else ""))
     if model is None:
         model, _ = load_model(cfg.model, dtype=cfg.dtype, with_tokenizer=False)
-    adapter = BeaconAdapter.from_model(model, cfg.beacon_config(), dtype=torch.float32)
+    beacon_cfg = cfg.beacon_config()
+    if cfg.adapter and Path(cfg.adapter).exists():  # the structure of the adapter the run continued
+        from longctx.beacon.adapter import CONFIG_FILE
+
+        started = BeaconConfig.from_dict(json.loads((Path(cfg.adapter) / CONFIG_FILE).read_text())["beacon"])
+        beacon_cfg = continue_training(beacon_cfg, started)
+    adapter = BeaconAdapter.from_model(model, beacon_cfg, dtype=torch.float32)
     load_weights(ckpt, adapter)
     return adapter.save(out, dtype=dtype)
 

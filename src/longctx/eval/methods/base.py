@@ -100,3 +100,18 @@ class Method:
         """Undo anything done to the model."""
 
 
+
+
+class BudgetMethod(Method):
+    """A baseline held to a KV budget: ``KIND:B``, or the beacon's own budget at the run's length."""
+
+    arg = "budget"
+
+    def __init__(self, model, tok, budget: int, **kw: Any):
+        super().__init__(model, tok)
+        self.budget = budget
+
+    @classmethod
+    def build(cls, spec: Any, setting: Setting) -> Method:
+        budget = spec.budget or beacon_budget(setting.length, setting.window, setting.ratio)
+        return cls(setting.model, setting.tok, budget=budget)

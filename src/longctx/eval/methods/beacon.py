@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
+from longctx.beacon.config import TRAIN_RATIOS
 from longctx.eval.methods.base import Method, Setting, register
 
 
@@ -29,10 +30,10 @@ class Beacon(Method):
         adapter = adapter or BeaconAdapter.from_model(model, BeaconConfig(window=window or 1024))
         changes: dict[str, Any] = {"window": window}
         if isinstance(ratio, str) and ratio.startswith("adapt"):
-            changes.update(ratio_mix=ratio, ratios=[2, 4, 8, 16, 32])
+            changes.update(ratio_mix=ratio, ratios=list(TRAIN_RATIOS))
         else:
             changes.update(ratio_mix="fixed", ratios=[int(ratio)])
-        adapter.config = adapter.config.replace(**changes)
+        adapter.config = adapter.config.override(**changes)
         self.ratio = ratio
         self.bm = BeaconModel(model, tok, adapter, keep_memory=keep_memory)
 

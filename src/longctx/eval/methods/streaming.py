@@ -6,24 +6,18 @@ from __future__ import annotations
 import torch
 
 from longctx import compat
-from longctx.eval.methods.base import Method, Setting, beacon_budget, eos_ids, greedy, register, tail_nll
+from longctx.eval.methods.base import BudgetMethod, eos_ids, greedy, register, tail_nll
 
 
 @register
-class Streaming(Method):
+class Streaming(BudgetMethod):
     """Sink + most recent tokens; after every chunk the cache holds exactly ``budget`` entries."""
 
     name = kind = "streaming"
     rank = 2
-    arg = "budget"
-
-    @classmethod
-    def build(cls, spec, setting: Setting):
-        budget = spec.budget or beacon_budget(setting.length, setting.window, setting.ratio)
-        return cls(setting.model, setting.tok, budget=budget)
 
     def __init__(self, model, tok, budget: int, sink: int = 4, chunk: int = 512, **kw):
-        super().__init__(model, tok)
+        super().__init__(model, tok, budget)
         if budget <= sink:
             raise ValueError(f"streaming budget {budget} must exceed the sink {sink}")
         self.budget, self.sink, self.chunk = budget, sink, chunk

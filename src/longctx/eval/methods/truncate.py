@@ -5,25 +5,19 @@ from __future__ import annotations
 import torch
 
 from longctx import compat
-from longctx.eval.methods.base import Method, Setting, beacon_budget, register, tail_nll
+from longctx.eval.methods.base import BudgetMethod, register, tail_nll
 from longctx.eval.methods.full import Full
 
 
 @register
-class Truncate(Method):
+class Truncate(BudgetMethod):
     """Plain truncation: each scored chunk sees only the ``budget`` tokens before it."""
 
     name = kind = "truncate"
     rank = 1
-    arg = "budget"
-
-    @classmethod
-    def build(cls, spec, setting: Setting):
-        budget = spec.budget or beacon_budget(setting.length, setting.window, setting.ratio)
-        return cls(setting.model, setting.tok, budget=budget)
 
     def __init__(self, model, tok, budget: int, chunk: int = 512, **kw):
-        super().__init__(model, tok)
+        super().__init__(model, tok, budget)
         self.budget, self.chunk = budget, chunk
         self.full = Full(model, tok)
 
