@@ -114,7 +114,10 @@ def _check_gen_args(args: argparse.Namespace) -> None:
 
 
 def _gen_kwargs(args: argparse.Namespace) -> dict:
-    return {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "temperature": args.temperature,
+    """generate() options; the sampling ones only with --sample (greedy decoding ignores them)."""
+    if not args.sample:
+        return {"max_new_tokens": args.max_new_tokens, "do_sample": False}
+    return {"max_new_tokens": args.max_new_tokens, "do_sample": True, "temperature": args.temperature,
             "top_k": args.top_k, "top_p": args.top_p}
 
 
