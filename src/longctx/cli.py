@@ -315,13 +315,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     cream/pose/randpos/full; checkpoints and resumes from --out. Options override the recipe."""
     from longctx.train import TrainConfig, train
     from longctx.train.extend import ExtendConfig, extend
-    from longctx.typed import build, options_of, read_yaml
+    from longctx.typed import build, merge, options_of, read_yaml
 
     recipe = read_yaml(args.recipe) if args.recipe else {}
     method = args.method or recipe.get("method") or "beacon"
     check_output_dir(args.out, "--out")
     cls = TrainConfig if method == "beacon" else ExtendConfig
-    mine, theirs = (TRAIN_OPTIONS, EXTEND_OPTIONS) if cls is TrainConfig else (EXTEND_OPTIONS, TRAIN_OPTIONS)
+    beacon_opts, extension_opts = args.train_options
+    mine, theirs = (beacon_opts, extension_opts) if cls is TrainConfig else (extension_opts, beacon_opts)
     foreign = sorted(d.split(".")[-1] for d in set(theirs) - set(mine) if getattr(args, d, None) is not None)
     if foreign:
         kind = "beacon training" if cls is TrainConfig else "context extension"
@@ -332,7 +333,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         given["method"] = method
         if not args.recipe and not args.target_length:
             raise ValueError("--method cream/pose/randpos/full needs --target-length")
-    cfg = cls.from_yaml(args.recipe, **given) if args.recipe else build(cls, given, "train options")
+    cfg = build(cls, merge(recipe, given), f"recipe {args.recipe}" if args.recipe else "train options")
     if cls is ExtendConfig:
         out = extend(cfg)
         print(f"extended model in {out}/model (loads in stock transformers)")
@@ -342,12 +343,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_OPTIONS: list[str] = []  # option destinations of TrainConfig (with beacon.*), filled by the parser
-EXTEND_OPTIONS: list[str] = []
-
-
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    """The train subcommand's options, made from TrainConfig, its beacon section and ExtendConfig."""
+    """The train subcommand's options, made from TrainConfig, its beacon section and ExtendConfig;
+    ``args.train_options`` holds the destinations of each (beacon training, context extension)."""
     import dataclasses
 
     from longctx.beacon.config import BeaconConfig, training_beacon
@@ -358,22 +356,21 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=None, choices=["beacon", "cream", "pose", "randpos", "full"],
                    help="beacon adapter (default, or the recipe's) or context extension by position ids")
     p.add_argument("--recipe", default=None, help="YAML recipe (recipes/*.yaml); options below override it")
-    ext = {f.name: f for f in dataclasses.fields(ExtendConfig)}
-    shared = {f.name for f in dataclasses.fields(TrainConfig)} & set(ext)
+    shared = {f.name for f in dataclasses.fields(TrainConfig)} & {f.name for f in dataclasses.fields(ExtendConfig)}
     taken = {"method"}
     g = p.add_argument_group("training (beacon; the shared ones also context extension)")
-    TRAIN_OPTIONS[:] = add_options(g, TrainConfig, taken=taken, alt=ExtendConfig, alt_label="extension")
+    beacon_opts = add_options(g, TrainConfig, taken=taken, alt=ExtendConfig, alt_label="extension")
     g = p.add_argument_group("beacon settings trained")
-    TRAIN_OPTIONS.extend(add_options(g, BeaconConfig, section="beacon", skip=("seed",), defaults=training_beacon(),
-                                     taken=taken))
+    beacon_opts += add_options(g, BeaconConfig, section="beacon", skip=("seed",), defaults=training_beacon(),
+                               taken=taken)
     g = p.add_argument_group("context extension only (--method cream/pose/randpos/full)")
-    EXTEND_OPTIONS[:] = add_options(g, ExtendConfig, taken=taken) + sorted(shared - {"method"})
+    extension_opts = add_options(g, ExtendConfig, taken=taken) + sorted(shared - {"method"})
+    p.set_defaults(train_options=(beacon_opts, extension_opts))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longctx", description="longctx: read inputs far longer than a model's window (Activation Beacon).")
     sub = parser.add_subparsers(dest="command", required=True)
-    SUBPARSERS.clear()
 
     p = sub.add_parser("generate", help="read a long input with beacon compression and answer a prompt",
                        description=cmd_generate.__doc__)
@@ -461,11 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "train":  # train has --recipe
             sp.add_argument("--config", default=None,
                             help="YAML file of this command's options (keys: option names); the command line wins")
-        SUBPARSERS[name] = sp
+            sp.set_defaults(subparser=sp)
     return parser
-
-
-SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
 def apply_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -477,8 +471,8 @@ def apply_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> arg
         return args
     from longctx.typed import read_yaml
 
-    sub = SUBPARSERS[args.command]
-    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "config", "func")}
+    sub = args.subparser
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
     data = {k.replace("-", "_"): v for k, v in read_yaml(path).items()}
     unknown = sorted(set(data) - set(actions))
     if unknown:

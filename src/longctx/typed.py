@@ -121,8 +121,6 @@ def merge(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = merge(out[k], v)
-        elif isinstance(v, dict) and dataclasses.is_dataclass(out.get(k)):
-            out[k] = merge(dataclasses.asdict(out[k]), v)
         else:
             out[k] = v
     return out

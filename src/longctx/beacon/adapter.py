@@ -183,14 +183,7 @@ class BeaconAdapter(nn.Module):
     def load(cls, source: str | Path, model: nn.Module, dtype: torch.dtype | None = None) -> BeaconAdapter:
         """Load from a local directory or a hub id (safetensors only) and check it fits ``model``."""
         directory = _resolve(source)
-        try:
-            meta = json.loads((directory / CONFIG_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise AdapterError(f"cannot read {directory / CONFIG_FILE}: {e}") from e
-        if meta.get("format") != FORMAT:
-            raise AdapterError(f"{directory} is not a longctx beacon adapter (format {meta.get('format')!r})")
-        if not isinstance(meta.get("beacon"), dict) or not isinstance(meta.get("base_model"), dict):
-            raise AdapterError(f"{directory / CONFIG_FILE} lacks its 'beacon' or 'base_model' section")
+        meta = _read_meta(directory)
         config = BeaconConfig.from_dict(meta["beacon"])
         tensors = _read_weights(directory)
         if "checksum" in meta and tensor_checksum(tensors) != meta["checksum"]:
@@ -216,6 +209,25 @@ class BeaconAdapter(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def saved_config(source: str | Path) -> BeaconConfig:
+    """The beacon settings an adapter (directory or hub id) was saved with, without its weights."""
+    return BeaconConfig.from_dict(_read_meta(_resolve(source))["beacon"])
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    """``adapter_config.json`` of an adapter folder, checked for its format and sections."""
+    try:
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise AdapterError(f"cannot read {directory / CONFIG_FILE}: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise AdapterError(f"{directory} is not a longctx beacon adapter (format {fmt!r})")
+    if not isinstance(meta.get("beacon"), dict) or not isinstance(meta.get("base_model"), dict):
+        raise AdapterError(f"{directory / CONFIG_FILE} lacks its 'beacon' or 'base_model' section")
+    return meta
 
 
 def _is_adapter_file(name: str) -> bool:

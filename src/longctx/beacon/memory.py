@@ -61,10 +61,6 @@ class BeaconMemory:
         per_entry = k.shape[1] * k.shape[3] * k.element_size() * 2 * len(kv)
         return per_entry * sum(self.kv_entries())
 
-    def padded(self) -> bool:
-        n = self.kv_entries()
-        return min(n) != max(n) or (self.length and max(n) != self.length)
-
     def commit(self, plan: StepPlan, input_ids: torch.Tensor, inv_freq: torch.Tensor) -> None:
         """Apply a step that has run: every per-sample state change, then the cache rebuild
         (compaction of closed windows, removal of padding) the plan prescribes."""

@@ -270,10 +270,9 @@ def export_adapter(run: str | Path, out: str | Path, model=None, step: int | Non
         model, _ = load_model(cfg.model, dtype=cfg.dtype, with_tokenizer=False)
     beacon_cfg = cfg.beacon_config()
     if cfg.adapter and Path(cfg.adapter).exists():  # the structure of the adapter the run continued
-        from longctx.beacon.adapter import CONFIG_FILE
+        from longctx.beacon.adapter import saved_config
 
-        started = BeaconConfig.from_dict(json.loads((Path(cfg.adapter) / CONFIG_FILE).read_text())["beacon"])
-        beacon_cfg = continue_training(beacon_cfg, started)
+        beacon_cfg = continue_training(beacon_cfg, saved_config(cfg.adapter))
     adapter = BeaconAdapter.from_model(model, beacon_cfg, dtype=torch.float32)
     load_weights(ckpt, adapter)
     return adapter.save(out, dtype=dtype)
