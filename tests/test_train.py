@@ -89,21 +89,114 @@ def _spawn(corpus, out, kw=None):
     mp.spawn(_rank_main, args=(2, str(corpus), str(out), str(smollm2_dir()), port, kw), nprocs=2, join=True)
 
 
-def test_zero2_shards_optimizer_states_and_matches_replicated_training(tok, corpus, tmp_path):
-    _spawn(corpus, tmp_path / "plain", dict(save_every=2))
-    _spawn(corpus, tmp_path / "zero", dict(save_every=2, zero=2))
-    _spawn(corpus, tmp_path / "resumed", dict(save_every=1, zero=2, stop_after=2))  # killed after step 2 ...
-    _spawn(corpus, tmp_path / "resumed", dict(save_every=1, zero=2))  # ... and resumed
-    plain, zero, resumed = (load_file(str(tmp_path / n / "adapter" / "adapter.safetensors"))
-                            for n in ("plain", "zero", "resumed"))
-    assert all(torch.allclose(plain[k], zero[k], atol=1e-6) for k in plain)
-    assert all(torch.equal(zero[k], resumed[k]) for k in zero)
-    step = tmp_path / "zero" / "checkpoints" / "step-00000003"
-    shards = [load_file(str(step / f"optimizer-rank{r}.safetensors")) for r in (0, 1)]
-    n_params = len(plain)
-    held = [{k.split(".")[0] for k in sh} for sh in shards]
-    assert held[0] and held[1] and not held[0] & held[1]  # each state lives on exactly one rank
-    assert len(held[0] | held[1]) == n_params
+ACCELERATE = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(config: str, recipe: Path, out: Path, *extra: str) -> str:
+    """``accelerate launch --config_file recipes/accelerate/<config> -m longctx.cli train``."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file",
+           str(ACCELERATE / config), "--main_process_port", str(_free_port()), "-m", "longctx.cli", "train",
+           "--recipe", str(recipe), "--out", str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tok, corpus, tmp_path_factory):
+    """A tiny model saved to disk and a recipe for it (3 steps, global batch 2)."""
+    import yaml
+
+    d = tmp_path_factory.mktemp("tiny_run")
+    small(tok).save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    recipe = dict(model=str(d / "model"), data=[str(corpus)], min_length=200, max_length=256, steps=3, lr=3e-3,
+                  warmup=2, dtype="fp32", beacon_dtype="fp32", save_every=100, seed=0, checkpointing=True,
+                  beacon={"window": 64, "ratios": [2, 4, 8], "ratio_mix": "step-random"})
+    (d / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return d
+
+
+def _adapter(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "adapter" / "adapter.safetensors"))
+
+
+def test_accelerate_ddp_and_fsdp_launches_train_like_one_process(tiny_run, tmp_path):
+    """2 processes x batch 1 (DDP, then FSDP2 with base layers and adapter sharded) end with the
+    adapter of 1 process x batch 2; an FSDP run stopped after step 2 and resumed ends identical."""
+    from longctx.typed import read_yaml
+
+    one = train(TrainConfig.from_dict({**read_yaml(tiny_run / "recipe.yaml"), "out": str(tmp_path / "one"),
+                                       "batch_size": 2}))
+    _launch("ddp-2cpu.yaml", tiny_run / "recipe.yaml", tmp_path / "ddp")
+    said = _launch("fsdp-2cpu.yaml", tiny_run / "recipe.yaml", tmp_path / "fsdp")
+    held = [line for line in said.splitlines() if line.startswith("fsdp2: rank")]
+    assert len(held) == 2, said[-3000:]
+    for line in held:  # "fsdp2: rank R holds A of B frozen layer weights and C of D trainable ones"
+        nums = [int(w.replace(",", "")) for w in line.replace(":", " ").split() if w.replace(",", "").isdigit()]
+        _, a, b, c, d = nums
+        assert a <= b // 2 + 64 and c <= d // 2 + 64 and c > 0  # about half of each on each rank
+    ref = _adapter(one)
+    for name in ("ddp", "fsdp"):
+        got = _adapter(tmp_path / name)
+        assert got.keys() == ref.keys()
+        assert all(torch.allclose(ref[k], got[k], atol=1e-5) for k in ref), name
+    assert any(not torch.allclose(ref[k], v) for k, v in _adapter_init(tiny_run).items())  # and it trained
+    _launch("fsdp-2cpu.yaml", tiny_run / "recipe.yaml", tmp_path / "resumed", "--stop-after", "2",
+            "--save-every", "1")
+    assert not (tmp_path / "resumed" / "adapter").exists()
+    _launch("fsdp-2cpu.yaml", tiny_run / "recipe.yaml", tmp_path / "resumed", "--save-every", "1")
+    whole, resumed = _adapter(tmp_path / "fsdp"), _adapter(tmp_path / "resumed")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def _adapter_init(tiny_run: Path) -> dict[str, torch.Tensor]:
+    from longctx.beacon import BeaconAdapter
+    from longctx.models import load_model
+
+    model, _ = load_model(str(tiny_run / "model"), dtype="fp32", with_tokenizer=False)
+    cfg = BeaconConfig(window=64, ratios=[2, 4, 8], ratio_mix="step-random")
+    return dict(BeaconAdapter.from_model(model, cfg, dtype=torch.float32).state_dict())
+
+
+def test_accelerate_configs_are_valid():
+    """Every shipped launch config loads in accelerate, with the strategy its name says."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {"cpu": "NO", "ddp-2cpu": "MULTI_GPU", "fsdp-2cpu": "FSDP", "ddp-8gpu": "MULTI_GPU",
+             "fsdp-8gpu": "FSDP", "zero2-8gpu": "DEEPSPEED"}
+    assert {p.stem for p in ACCELERATE.glob("*.yaml")} == set(kinds)
+    for stem, kind in kinds.items():
+        c = load_config_from_file(str(ACCELERATE / f"{stem}.yaml"))
+        assert str(c.distributed_type).split(".")[-1] == kind, stem
+        assert c.num_processes == (8 if "8gpu" in stem else 2 if "2cpu" in stem else 1)
+        if kind == "FSDP":
+            assert c.fsdp_config["fsdp_version"] == 2
+    import json
+
+    ds = load_config_from_file(str(ACCELERATE / "zero2-8gpu.yaml")).deepspeed_config
+    assert json.loads((ACCELERATE.parents[1] / ds["deepspeed_config_file"]).read_text())["zero_optimization"][
+        "stage"] == 2
+
+
+def test_old_zero_key_is_refused_with_the_launch_to_use():
+    from longctx.train.trainer import upgrade_saved
+
+    with pytest.raises(ValueError, match="zero2-8gpu.yaml"):
+        upgrade_saved({"zero": 2, "steps": 3})
+    assert "zero" not in upgrade_saved({"zero": 0, "steps": 3})
 
 
 def test_two_gloo_ranks_draw_the_same_ratios_and_end_identical(tok, corpus, tmp_path):
@@ -166,51 +259,6 @@ def test_training_with_retrieval_data(tok, corpus, tmp_path):
     c = cfg(corpus, tmp_path / "r", retrieval=4, steps=2, save_every=2)
     out = train(c, small(tok), tok)
     assert (out / "adapter" / "adapter.safetensors").exists()
-
-
-def _fsdp_rank_main(rank, world, corpus, out, tok_dir, port):
-    """One rank of FSDP training; also records how much of the base layers this rank holds."""
-    import json
-
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    from transformers import AutoTokenizer
-
-    from longctx import compat
-    from longctx.train.fsdp import local_numel
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    model = small(tok)
-    whole = sum(p.numel() for layer in compat.layers(model) for p in layer.parameters())
-    train(cfg(corpus, f"{out}/rank{rank}", steps=3, save_every=100, every_rank_writes=True, fsdp=True,
-              checkpointing=True), model=model, tokenizer=tok)
-    base = [p for layer in compat.layers(model) for p in layer.parameters()]  # adapter detached again
-    (Path(out) / f"held{rank}.json").write_text(json.dumps({"whole": whole, "local": local_numel(base)}))
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
-
-
-def test_fsdp_shards_the_base_layers_and_trains_like_replicated_ranks(tok, corpus, tmp_path):
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
-    from longctx.models import smollm2_dir
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_fsdp_rank_main, args=(2, str(corpus), str(tmp_path / "fsdp"), str(smollm2_dir()), port), nprocs=2,
-             join=True)
-    _spawn(corpus, tmp_path / "plain")
-    for r in (0, 1):
-        held = json.loads((tmp_path / "fsdp" / f"held{r}.json").read_text())
-        assert held["local"] <= held["whole"] // 2 + 64  # each rank holds about half of the layers' weights
-        plain = load_file(str(tmp_path / "plain" / f"rank{r}" / "adapter" / "adapter.safetensors"))
-        fsdp = load_file(str(tmp_path / "fsdp" / f"rank{r}" / "adapter" / "adapter.safetensors"))
-        assert all(torch.allclose(plain[k], fsdp[k], atol=1e-5) for k in plain)
 
 
 def test_resume_refuses_other_settings_and_redoes_steps_after_the_checkpoint(tok, corpus, tmp_path):

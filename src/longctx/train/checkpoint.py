@@ -1,7 +1,8 @@
 """Atomic training checkpoints: trainable weights, optimizer state and counters (safetensors + JSON).
 
-``trainable`` is any module whose parameters train (a beacon adapter, or :class:`TrainableParams`
-over a model's unfrozen weights); its ``state_dict`` is what is saved and restored.
+The saved module is any module whose parameters train (a beacon adapter, or
+:class:`TrainableParams` over a model's unfrozen weights); its ``state_dict`` is what is saved
+and restored. :mod:`longctx.train.engine` gathers sharded tensors whole before saving.
 """
 
 from __future__ import annotations
@@ -19,80 +20,48 @@ from safetensors.torch import load_file, save_file
 PREFIX = "step-"
 
 
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _optimizer_tensors(adapter, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    index = {id(p): i for i, p in enumerate(adapter.parameters())}
-    state, scalars = {}, {}
-    for p, st in optimizer.state.items():
-        i = index[id(p)]
-        for k, v in st.items():
-            if torch.is_tensor(v) and v.dim() > 0:
-                state[f"{i}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{i}.{k}"] = float(v)
-    return state or {"_empty": torch.zeros(1)}, scalars
-
-
-def save_checkpoint(out_dir: Path, step: int, adapter, optimizer: torch.optim.Optimizer, extra: dict[str, Any],
-                    keep: int = 2, rank: int = 0, world: int = 1, sharded: bool = False) -> Path:
-    """Write ``out_dir/checkpoints/step-N`` via a temporary folder renamed into place.
-
-    With ``sharded`` (ZeRO-2 optimizer states) every rank calls this and writes its own
-    ``optimizer-rankR`` files; rank 0 writes the weights and renames the folder once all are written.
-    Otherwise only rank 0 calls it.
-    """
+def save_checkpoint(out_dir: Path, step: int, weights: dict[str, torch.Tensor], optimizer: dict[str, Any],
+                    extra: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``out_dir/checkpoints/step-N`` via a temporary folder renamed into place: the
+    trainable ``weights``, the optimizer state (``tensors``, ``scalars`` and ``param_groups``,
+    keyed by parameter index) and ``extra`` counters. The last ``keep`` checkpoints are kept."""
     root = Path(out_dir) / "checkpoints"
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}"
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    if sharded:
-        _barrier(world)
-    state, scalars = _optimizer_tensors(adapter, optimizer)
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    suffix = f"-rank{rank}" if sharded else ""
-    save_file(state, str(tmp / f"optimizer{suffix}.safetensors"))
-    if sharded:
-        (tmp / f"optimizer{suffix}.json").write_text(json.dumps({"optimizer_scalars": scalars, "param_groups": groups}))
-        _barrier(world)
-    if rank == 0:
-        save_file({k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()},
-                  str(tmp / "weights.safetensors"))
-        meta = {"step": step, "sharded_world": world if sharded else 1, **extra}
-        if not sharded:  # sharded: each rank's scalars and groups live in its optimizer-rankR.json
-            meta.update(optimizer_scalars=scalars, param_groups=groups)
-        (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
-            shutil.rmtree(old)
-    if sharded:
-        _barrier(world)
+    root.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(optimizer["tensors"] or {"_empty": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
+    meta = {"step": step, **extra, "optimizer_scalars": optimizer["scalars"], "param_groups": optimizer["param_groups"]}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
+        shutil.rmtree(old)
     return final
 
 
 class TrainableParams(torch.nn.Module):
-    """The trainable parameters of a model, addressed by their names in the model."""
+    """The trainable parameters of a model, addressed by their names in the model (looked up
+    on every call, so parameters replaced by sharding are the ones seen)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        object.__setattr__(self, "model", model)  # not a submodule: only a view of its weights
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+
+    @property
+    def named(self) -> dict[str, torch.nn.Parameter]:
+        return {n: self.model.get_parameter(n) for n in self.names}
 
     def parameters(self, recurse: bool = True):
         return iter(self.named.values())
 
     def state_dict(self, *args, **kwargs):
-        return dict(self.named)
+        return self.named
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -106,33 +75,44 @@ def load_weights(path: Path, adapter) -> None:
     weights = load_file(str(path / "weights.safetensors"))
     with torch.no_grad():
         for k, p in adapter.state_dict().items():
-            p.copy_(weights[k])
+            _put(p, weights[k])
 
 
-def load_checkpoint(path: Path, adapter, optimizer: torch.optim.Optimizer, rank: int = 0,
-                    sharded: bool = False) -> dict[str, Any]:
-    """Restore adapter weights and (this rank's share of) the optimizer state; returns the counters."""
+def load_checkpoint(path: Path, adapter, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore trainable weights and the optimizer state; returns the counters. Sharded
+    (FSDP) parameters and states take this rank's part of the saved whole tensors."""
     load_weights(path, adapter)
     meta = json.loads((path / "state.json").read_text())
-    if sharded != (meta.get("sharded_world", 1) > 1):
-        raise ValueError(f"{path} was written {'with' if meta.get('sharded_world', 1) > 1 else 'without'} sharded "
-                         "optimizer states (zero=2); resume with the same setting")
-    suffix = f"-rank{rank}" if sharded else ""
-    tensors = load_file(str(path / f"optimizer{suffix}.safetensors"))
-    opt_meta = json.loads((path / f"optimizer{suffix}.json").read_text()) if sharded else meta
+    tensors = load_file(str(path / "optimizer.safetensors"))
     params = list(adapter.parameters())
     optimizer.state.clear()
     for key, v in tensors.items():
         if key == "_empty":
             continue
         i, name = key.split(".", 1)
-        optimizer.state[params[int(i)]][name] = v.to(params[int(i)].device)
-    for key, v in opt_meta["optimizer_scalars"].items():
+        optimizer.state[params[int(i)]][name] = _like(params[int(i)], v)
+    for key, v in meta["optimizer_scalars"].items():
         i, name = key.split(".", 1)
         optimizer.state[params[int(i)]][name] = torch.tensor(v)
-    for g, saved in zip(optimizer.param_groups, opt_meta["param_groups"]):
+    for g, saved in zip(optimizer.param_groups, meta["param_groups"]):
         g.update(saved)
     return meta
+
+
+def _like(p: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """``whole`` laid out like ``p``: on its device, and sharded the same way if ``p`` is a DTensor."""
+    if hasattr(p, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(whole.to(p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+    return whole.to(p.device)
+
+
+def _put(p: torch.Tensor, whole: torch.Tensor) -> None:
+    if hasattr(p, "device_mesh"):
+        p.to_local().copy_(_like(p, whole).to_local())
+    else:
+        p.copy_(whole)
 
 
 def check_resumable(config_file: Path, now: dict[str, Any], may_change: set[str],

@@ -9,29 +9,18 @@ model with only its RoPE scaled: the no-fine-tuning baseline.
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from longctx import compat
 from longctx.positions import PositionCollator, scale_rope
-from longctx.train.checkpoint import (
-    TrainableParams,
-    check_resumable,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    truncate_log,
-)
+from longctx.train.checkpoint import TrainableParams
 from longctx.train.data import read_records
-from longctx.train.trainer import dist_rank_world
-from longctx.train.zero import GradSync
+from longctx.train.engine import Engine, Loop, StepResult
 from longctx.typed import check_types, from_yaml, opt
 
 
@@ -108,6 +97,12 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
     from longctx.models import load_model
 
     out = Path(cfg.out)
+    engine = Engine(Loop(out=out, steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, schedule="constant",
+                         save_every=cfg.save_every, stop_after=cfg.stop_after, bf16=cfg.dtype == "bf16",
+                         desc=f"extend ({cfg.method})", meta={"seed": cfg.seed, "method": cfg.method}))
+    if engine.fsdp:
+        raise ValueError("context extension trains with DDP (or DeepSpeed) across ranks, not FSDP: launch it "
+                         "with recipes/accelerate/ddp-8gpu.yaml or zero2-8gpu.yaml")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     owned = model is None
@@ -126,46 +121,25 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
     trainable = TrainableParams(model)
     n_train = sum(p.numel() for p in trainable.parameters())
     n_all = sum(p.numel() for p in model.parameters())
-    rank, world = dist_rank_world()
-    sync = GradSync(list(trainable.parameters()), rank, world, zero=0)  # data parallel: all-reduced grads
-    if rank == 0:
+    if engine.rank == 0:
         print(f"extend ({cfg.method}, {cfg.rope} x{cfg.target_length // N}): training {n_train:,} of {n_all:,} "
-              f"parameters ({f'LoRA r={cfg.lora}' if cfg.lora else 'full'}), {len(docs)} documents of >= {N} tokens")
-    opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr)
-    start = 0
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None:
-        check_resumable(out / "extend_config.json", asdict(cfg), {"steps", "stop_after", "save_every", "checkpointing"})
-        start = load_checkpoint(ckpt, trainable, opt)["step"]
-    if rank == 0:
-        truncate_log(out / "log.jsonl", start)
-        (out / "extend_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    log = (out / "log.jsonl").open("a") if rank == 0 else None
-    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
+              f"parameters ({f'LoRA r={cfg.lora}' if cfg.lora else 'full'}), {len(docs)} documents of >= {N} tokens; "
+              f"{engine.strategy} over {engine.world} process(es)")
+    engine.setup(model, trainable, run_file=out / "extend_config.json", settings=asdict(cfg),
+                 may_change={"steps", "stop_after", "save_every", "checkpointing"})
     device = compat.embed_tokens(model).weight.device
-    for step in tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"extend ({cfg.method})",
-                     disable=rank != 0):
-        t = time.perf_counter()
-        first = (step * world + rank) * cfg.batch_size  # each rank its own documents and position draws
-        picks = [docs[(first + i) % len(docs)] for i in range(cfg.batch_size)]
+
+    def step(i: int, module) -> StepResult:
+        first = (i * engine.world + engine.rank) * cfg.batch_size  # each rank its own documents and draws
+        picks = [docs[(first + j) % len(docs)] for j in range(cfg.batch_size)]
         batch = {k: v.to(device) for k, v in collate(picks, first).items()}
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
-            loss = model(**batch).loss
-        loss.backward()
-        sync.reduce()
-        torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if log is not None:
-            log.write(json.dumps({"step": step + 1, "loss": float(loss.detach()), "seconds": time.perf_counter() - t,
-                                  "positions_max": int(batch["position_ids"].max())}) + "\n")
-            log.flush()
-        if rank == 0 and ((step + 1) % cfg.save_every == 0 or step + 1 == end):
-            save_checkpoint(out, step + 1, trainable, opt, {"seed": cfg.seed, "method": cfg.method})
-    if log is not None:
-        log.close()
+        loss = module(**batch).loss
+        return StepResult(loss, int((batch["labels"][:, 1:] != -100).sum()),
+                          row={"positions_max": int(batch["position_ids"].max())})
+
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, engine.start + cfg.stop_after)
+    engine.run(step)
+    rank = engine.rank
     model.eval()
     if end == cfg.steps:
         if cfg.lora:

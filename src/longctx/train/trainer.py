@@ -5,40 +5,29 @@ sequence is streamed window by window with gradients flowing through the beacon 
 loss is the fp32 mean over all valid tokens (labels shifted once over the sequence, beacons
 carry none). Ratios are drawn per window from (seed, step, window), so all ranks agree.
 
-Distributed runs: launch with ``torchrun`` or ``accelerate launch``; the adapter's gradients
-are all-reduced explicitly (the adapter is driven through the base model's own forward, which
-a DDP wrapper around the adapter would never see).
+The loop is :mod:`longctx.train.engine` (accelerate): launch with ``accelerate launch
+--config_file recipes/accelerate/<setup>.yaml`` (DDP, FSDP2, DeepSpeed ZeRO-2) or ``torchrun``;
+what DDP and FSDP wrap is :class:`BeaconStream`, the module whose forward streams a batch.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from tqdm.auto import tqdm
+from torch import nn
 
+from longctx import compat
 from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
 from longctx.beacon.config import continue_training, training_beacon
-from longctx.train.checkpoint import (
-    check_resumable,
-    latest_checkpoint,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    truncate_log,
-)
+from longctx.train.checkpoint import latest_checkpoint, load_weights
 from longctx.train.data import group_by_windows, make_sequences, read_records, retrieval_sequences
-from longctx.train.fsdp import shard_base_layers
+from longctx.train.engine import Engine, Loop, StepResult
 from longctx.train.memory_tasks import copy_sequences, recall_sequences
-from longctx.train.zero import GradSync
 from longctx.typed import build, check_types, from_yaml, opt
 
 FLAT_BEACON = ("window", "ratios", "ratio_mix", "projections", "sink", "embed_init")  # before the beacon section
@@ -81,8 +70,8 @@ class TrainConfig:
     copy: int = opt(0, help="span-copy sequences (train/memory_tasks.py)")
     distill: float = opt(0.0, help="on text: weight of KL from the frozen model's full-attention predictions "
                                    "(1 = KL only)")
-    zero: int = opt(0, help="2: shard adapter gradients and optimizer states across ranks (ZeRO-2); 0: replicate")
-    fsdp: bool = opt(False, help="shard the frozen base model's decoder layers across ranks (FSDP2)")
+    fsdp: bool = opt(False, help="FSDP2 over the ranks: the base's decoder layers and the adapter sharded "
+                                 "(also on when launched with an accelerate FSDP config)")
     every_rank_writes: bool = opt(False, help="each rank writes its own log and final adapter (checks)")
 
     def beacon_config(self) -> BeaconConfig:
@@ -100,8 +89,6 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"TrainConfig: {name} must be positive, got {v}")
-        if self.zero not in (0, 2):
-            raise ValueError(f"TrainConfig: zero must be 0 or 2, got {self.zero}")
 
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> TrainConfig:
@@ -115,38 +102,50 @@ class TrainConfig:
 
 
 def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
-    """A saved run's settings in today's shape: older runs kept window, ratios, ... at the top."""
+    """A saved run's settings in today's shape: older runs kept window, ratios, ... at the top,
+    and a ``zero`` key (ZeRO-2 is now a DeepSpeed launch config, recipes/accelerate/)."""
+    if data.get("zero") not in (None, 0):
+        raise ValueError(f"zero: {data['zero']} is no longer a recipe key: launch with "
+                         "'accelerate launch --config_file recipes/accelerate/zero2-8gpu.yaml' instead")
+    data = {k: v for k, v in data.items() if k != "zero"}
     if "beacon" in data or not any(k in data for k in FLAT_BEACON):
         return data
-    data = dict(data)
     beacon = {k: data.pop(k) for k in FLAT_BEACON if k in data}
     return {**data, "beacon": {**training_beacon().to_dict(), **beacon}}
 
 
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched by torchrun/accelerate."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():  # one GPU per process: "cuda" then means this rank's own card
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+class BeaconStream(nn.Module):
+    """What DDP and FSDP wrap: the base model with its adapter (the adapter's weights are the
+    trainable ones), and a forward that streams one batch and returns its mean loss."""
 
+    def __init__(self, bm: BeaconModel):
+        super().__init__()
+        self.bm = bm
 
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, sequence: int,
+                distill: float = 0.0) -> tuple[torch.Tensor, list[int]]:
+        """(mean loss over the target tokens, windows read per sample)."""
+        bm = self.bm
+        bm.reset(sequence=sequence)
+        teacher = teacher_logits(bm.model, ids, mask) if distill else None
+        out = bm(ids, attention_mask=mask, labels=labels, logits="all" if distill else "none")
+        loss = out.loss
+        if distill:
+            loss = distill * distill_loss(out.logits, teacher, labels) + (1 - distill) * loss
+        return loss, [s.windows_done for s in bm.memory.samples]
 
 
 def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     """Train (or resume) a beacon adapter; returns the output directory with ``adapter/``."""
     from longctx.models import load_model, parse_dtype
 
-    rank, world = dist_rank_world()
     out = Path(cfg.out)
+    engine = Engine(Loop(out=out, steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, grad_clip=cfg.grad_clip,
+                         weight_decay=cfg.weight_decay, save_every=cfg.save_every, log_every=cfg.log_every,
+                         stop_after=cfg.stop_after, time_limit=cfg.time_limit, save_minutes=cfg.save_minutes,
+                         bf16=cfg.dtype == "bf16", fsdp=cfg.fsdp, every_rank_writes=cfg.every_rank_writes,
+                         meta={"seed": cfg.seed}))
+    world = engine.world
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if model is None:
@@ -160,10 +159,43 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     adapter.config = beacon_cfg
     bm = BeaconModel(model, tokenizer, adapter)
     n_train = bm.freeze_base()
-    if cfg.fsdp and world > 1:
-        shard_base_layers(model, adapter.parameters(), world)
     model.train()
     bm.set_checkpointing(cfg.checkpointing)
+    seqs = _training_sequences(cfg, tokenizer, beacon_cfg.window)
+    batches = group_by_windows([len(s["input_ids"]) for s in seqs], beacon_cfg.window, cfg.batch_size, cfg.seed,
+                               world)
+    if len(batches) < world:
+        raise ValueError(f"{len(batches)} batches cannot feed {world} ranks")
+    start = engine.setup(BeaconStream(bm), adapter, run_file=out / "train_config.json", settings=asdict(cfg),
+                         may_change=RESUME_MAY_CHANGE, upgrade=upgrade_saved, shard_layers=compat.layers(model))
+    if engine.rank == 0:
+        print(f"trainable beacon parameters: {n_train:,} (base model frozen); {len(seqs)} sequences, "
+              f"{len(batches)} batches; base model in {cfg.dtype} (recipe), beacons in {cfg.beacon_dtype}; "
+              f"{engine.strategy} over {world} process(es); starting at step {start}", flush=True)
+
+    def step(i: int, stream: nn.Module) -> StepResult:
+        items = [seqs[j] for j in batches[(i * world + engine.rank) % len(batches)]]
+        ids, labels, mask = (t.to(bm.device) for t in _collate(items))
+        distill = cfg.distill if all(x.get("kind", "text") == "text" for x in items) else 0.0
+        loss, windows = stream(ids, mask, labels, sequence=i, distill=distill)
+        drawn = _drawn_ratios(bm, ids.shape[1])
+        tokens = int(mask.sum())
+        return StepResult(loss, int((labels[:, 1:] != -100).sum()),
+                          row={"tokens": tokens, "kind": items[0].get("kind", "text"), "ratios": drawn,
+                               "windows": windows},
+                          postfix={"ratio": drawn[-1] if drawn else "-"})
+
+    finished = engine.run(step)
+    engine.unshard()
+    if engine.writer and finished:
+        adapter.save(out / "adapter")
+    bm.detach()
+    model.eval()
+    return out
+
+
+def _training_sequences(cfg: TrainConfig, tokenizer, window: int) -> list[dict]:
+    """Prose cut to the run's lengths plus the synthetic memory tasks it asks for."""
     records = [r for r in read_records(cfg.data) if not any(h in r.get("source", "") for h in cfg.holdout)]
     seqs = make_sequences(iter(records), tokenizer, cfg.min_length, cfg.max_length)
     texts = [r["text"] for r in records if "text" in r]
@@ -173,86 +205,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         seqs += retrieval_sequences(tokenizer, cfg.retrieval, cfg.min_length, cfg.max_length, cfg.seed, texts)
     if cfg.recall:
         seqs += recall_sequences(tokenizer, cfg.recall, cfg.min_length, cfg.max_length, cfg.seed, texts,
-                                 max_facts=cfg.recall_facts, open_window=beacon_cfg.window, kinds=cfg.recall_kinds)
+                                 max_facts=cfg.recall_facts, open_window=window, kinds=cfg.recall_kinds)
     if cfg.copy:
         seqs += copy_sequences(tokenizer, cfg.copy, cfg.min_length, cfg.max_length, cfg.seed, texts,
-                               open_window=beacon_cfg.window)
+                               open_window=window)
     if not seqs:
         raise ValueError(f"no training sequences of at least {cfg.min_length} tokens in {cfg.data}")
-    batches = group_by_windows([len(s["input_ids"]) for s in seqs], beacon_cfg.window, cfg.batch_size, cfg.seed, world)
-    if len(batches) < world:
-        raise ValueError(f"{len(batches)} batches cannot feed {world} ranks")
-    sync = GradSync(list(adapter.parameters()), rank, world, cfg.zero)
-    opt = torch.optim.AdamW(sync.local(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None:
-        check_resumable(out / "train_config.json", asdict(cfg), RESUME_MAY_CHANGE, upgrade=upgrade_saved)
-        start = load_checkpoint(ckpt, adapter, opt, rank, sync.sharded)["step"]
-    if rank == 0:
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        print(f"trainable beacon parameters: {n_train:,} (base model frozen); {len(seqs)} sequences, "
-              f"{len(batches)} batches; base model in {cfg.dtype} (recipe), beacons in {cfg.beacon_dtype}; "
-              f"starting at step {start}", flush=True)
-    writer = rank == 0 or cfg.every_rank_writes
-    if writer:
-        truncate_log(out / "log.jsonl", start)
-    log = (out / "log.jsonl").open("a") if writer else None
-    began = last_save = time.perf_counter()
-    stopped = False
-    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="train", disable=rank != 0)
-    for step in bar:
-        t = time.perf_counter()
-        batch_idx = batches[(step * world + rank) % len(batches)]
-        items = [seqs[i] for i in batch_idx]
-        ids, labels, mask = _collate(items)
-        kind = items[0].get("kind", "text")
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(step, cfg)
-        bm.reset(sequence=step)
-        distill = cfg.distill if all(x.get("kind", "text") == "text" for x in items) else 0.0
-        with torch.autocast(device_type=bm.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
-            teacher = teacher_logits(model, ids.to(bm.device), mask.to(bm.device)) if distill else None
-            outp = bm(ids.to(bm.device), attention_mask=mask.to(bm.device), labels=labels.to(bm.device),
-                      logits="all" if distill else "none")
-            if distill:
-                kl = distill_loss(outp.logits, teacher, labels.to(bm.device))
-                outp.loss = distill * kl + (1 - distill) * outp.loss
-        windows = [s.windows_done for s in bm.memory.samples]
-        drawn = _drawn_ratios(bm, ids.shape[1])
-        outp.loss.backward()
-        sync.reduce()
-        gnorm = sync.clip(cfg.grad_clip)
-        opt.step()
-        adapter.zero_grad(set_to_none=True)
-        sync.broadcast()
-        dt = time.perf_counter() - t
-        tokens = int(mask.sum())
-        row = {"step": step + 1, "loss": float(outp.loss.detach()), "tokens": tokens, "tokens_per_s": tokens / dt,
-               "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm, "kind": kind, "ratios": drawn, "windows": windows}
-        if log is not None and (step + 1) % cfg.log_every == 0:
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}", ratio=drawn[-1] if drawn else "-")
-        now = time.perf_counter()
-        stopped = _agree(cfg.time_limit is not None and now - began > 60 * cfg.time_limit, world)
-        due = _agree(cfg.save_minutes is not None and now - last_save > 60 * cfg.save_minutes, world)
-        if (rank == 0 or sync.sharded) and ((step + 1) % cfg.save_every == 0 or step + 1 == end or stopped or due):
-            save_checkpoint(out, step + 1, adapter, opt, {"seed": cfg.seed}, rank=rank, world=world,
-                            sharded=sync.sharded)
-            last_save = time.perf_counter()
-        if stopped:
-            print(f"time limit of {cfg.time_limit} min reached after step {step + 1}", flush=True)
-            break
-    bar.close()
-    if world > 1:
-        dist.barrier()
-    if writer and (end == cfg.steps or stopped):
-        adapter.save(out / "adapter")
-    bm.detach()
-    model.eval()
-    return out
+    return seqs
 
 
 def export_adapter(run: str | Path, out: str | Path, model=None, step: int | None = None,
@@ -281,15 +240,6 @@ def export_adapter(run: str | Path, out: str | Path, model=None, step: int | Non
 # settings a resumed run may change; every other one must match the run being resumed
 RESUME_MAY_CHANGE = {"steps", "stop_after", "save_every", "log_every", "time_limit", "save_minutes",
                      "every_rank_writes", "checkpointing"}
-
-
-def _agree(flag: bool, world: int) -> bool:
-    """True on every rank if it is true on any (time limits must stop all ranks at one step)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
 
 
 @torch.no_grad()
