@@ -198,7 +198,7 @@ def test_crash_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monke
     opt = torch.optim.AdamW(bm.adapter.parameters(), lr=1e-3)
     bm.adapter.embed.grad = torch.ones_like(bm.adapter.embed)
     opt.step()
-    first = ck.save_checkpoint(tmp_path, 1, bm.adapter, opt, {"seed": 0})
+    first = ck.save_checkpoint(tmp_path, 1, bm.adapter.state_dict(), ck.optimizer_state(bm.adapter, opt), {"seed": 0})
     before = {p.name: p.read_bytes() for p in first.iterdir()}
     calls = []
 
@@ -211,7 +211,7 @@ def test_crash_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monke
     real = ck.save_file
     monkeypatch.setattr(ck, "save_file", boom)
     with pytest.raises(RuntimeError, match="killed"):
-        ck.save_checkpoint(tmp_path, 2, bm.adapter, opt, {"seed": 0})
+        ck.save_checkpoint(tmp_path, 2, bm.adapter.state_dict(), ck.optimizer_state(bm.adapter, opt), {"seed": 0})
     assert ck.latest_checkpoint(tmp_path) == first
     assert {p.name: p.read_bytes() for p in first.iterdir()} == before
     state = ck.load_checkpoint(first, bm.adapter, opt)

@@ -44,6 +44,26 @@ def save_checkpoint(out_dir: Path, step: int, weights: dict[str, torch.Tensor], 
     return final
 
 
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) tensor gathered whole (a collective); any other tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def optimizer_state(state: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """AdamW's state by parameter index in ``state``, whole tensors (a collective under FSDP)."""
+    index = {id(p): i for i, p in enumerate(state.parameters())}
+    tensors, scalars = {}, {}
+    for p, st in optimizer.state.items():
+        i = index[id(p)]
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                tensors[f"{i}.{k}"] = whole(v).detach().cpu().contiguous()
+            else:
+                scalars[f"{i}.{k}"] = float(whole(v)) if torch.is_tensor(v) else float(v)
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return {"tensors": tensors, "scalars": scalars, "param_groups": groups}
+
+
 class TrainableParams(torch.nn.Module):
     """The trainable parameters of a model, addressed by their names in the model (looked up
     on every call, so parameters replaced by sharding are the ones seen)."""

@@ -47,8 +47,10 @@ from longctx.train.checkpoint import (
     check_resumable,
     latest_checkpoint,
     load_checkpoint,
+    optimizer_state,
     save_checkpoint,
     truncate_log,
+    whole,
 )
 
 
@@ -206,14 +208,14 @@ class Engine:
         """An atomic checkpoint of the trainable weights and optimizer state after ``step``."""
         if self.deepspeed:
             return self._save_accelerate(step)
-        weights, opt = self.full_state(), _optimizer_state(self.state, self.optimizer)
+        weights, opt = self.full_state(), optimizer_state(self.state, self.optimizer)
         if self.rank == 0:
             return save_checkpoint(self.loop.out, step, weights, opt, self.loop.meta)
         return self.loop.out / "checkpoints" / f"{PREFIX}{step:08d}"
 
     def full_state(self) -> dict[str, torch.Tensor]:
         """The trainable weights, whole on every rank (a collective under FSDP)."""
-        return {k: _whole(v).detach() for k, v in self.state.state_dict().items()}
+        return {k: whole(v).detach() for k, v in self.state.state_dict().items()}
 
     def unshard(self) -> None:
         """Give the sharded trainable parameters back as whole tensors (to save or reuse them)."""
@@ -245,7 +247,7 @@ class Engine:
             norm = self.module.get_global_grad_norm() if hasattr(self.module, "get_global_grad_norm") else None
             return float(norm) if norm is not None else float("nan")
         clip = self.loop.grad_clip or float("inf")
-        return float(_whole(torch.nn.utils.clip_grad_norm_(self.params, clip)))
+        return float(whole(torch.nn.utils.clip_grad_norm_(self.params, clip)))
 
     def _save_accelerate(self, step: int) -> Path:
         root = self.loop.out / "checkpoints"
@@ -263,25 +265,6 @@ class Engine:
                 shutil.rmtree(old)
         dist.barrier()
         return final
-
-
-def _whole(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def _optimizer_state(state: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """AdamW's state by parameter index in ``state``, whole tensors (a collective under FSDP)."""
-    index = {id(p): i for i, p in enumerate(state.parameters())}
-    tensors, scalars = {}, {}
-    for p, st in optimizer.state.items():
-        i = index[id(p)]
-        for k, v in st.items():
-            if torch.is_tensor(v) and v.dim() > 0:
-                tensors[f"{i}.{k}"] = _whole(v).detach().cpu().contiguous()
-            else:
-                scalars[f"{i}.{k}"] = float(_whole(v)) if torch.is_tensor(v) else float(v)
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    return {"tensors": tensors, "scalars": scalars, "param_groups": groups}
 
 
 def _shard(module: nn.Module, layers: list[nn.Module], trainable: list[nn.Parameter], world: int) -> None:
