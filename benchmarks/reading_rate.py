@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -21,19 +20,9 @@ import torch
 
 from longctx import BeaconAdapter, BeaconModel, load_model
 from longctx.data import moby_dick
-from longctx.models import cpu_bf16_native, describe_dtype
+from longctx.models import cpu_line, describe_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_line() -> str:
-    try:
-        name = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return (f"{name}; torch capability {torch.backends.cpu.get_cpu_capability()}; {cpu_bf16_native()[1]}; "
-            f"{torch.get_num_threads()} threads")
 
 
 def stock_rate(model, ids: torch.Tensor, chunk: int) -> float:

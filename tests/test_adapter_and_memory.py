@@ -153,3 +153,31 @@ def test_sharded_adapter_round_trip(tmp_path):
     index.write_text(json.dumps(data))
     with pytest.raises(AdapterError, match="outside"):
         BeaconAdapter.load(tmp_path / "a", model)
+
+
+def test_cache_appends_in_place_hold_what_concatenation_would():
+    """Without gradients the cache writes appends into a buffer with spare room: the same
+    keys/values as torch.cat, no copy of the prefix per append, and a fresh buffer once
+    compaction replaced the tensors."""
+    from longctx import compat
+
+    g = torch.Generator().manual_seed(0)
+    cache, ref = compat.new_cache(), []
+    with torch.no_grad():
+        k0, v0 = torch.randn(1, 3, 5, 8, generator=g), torch.randn(1, 3, 5, 8, generator=g)
+        cache.update(k0, v0, 0)
+        ref = [k0, v0]
+        ptrs = set()
+        for n in (1, 1, 7, 1):
+            k, v = torch.randn(1, 3, n, 8, generator=g), torch.randn(1, 3, n, 8, generator=g)
+            got_k, got_v = cache.update(k, v, 0)
+            ref = [torch.cat((ref[0], k), -2), torch.cat((ref[1], v), -2)]
+            assert torch.equal(got_k, ref[0]) and torch.equal(got_v, ref[1])
+            ptrs.add(got_k.data_ptr())
+        assert len(ptrs) == 1  # one buffer served every append
+        compat.set_cache_kv(cache, 0, ref[0][:, :, ::2].clone(), ref[1][:, :, ::2].clone())  # "compaction"
+        kept = [t[:, :, ::2] for t in ref]
+        k, v = torch.randn(1, 3, 2, 8, generator=g), torch.randn(1, 3, 2, 8, generator=g)
+        got_k, got_v = cache.update(k, v, 0)
+        assert torch.equal(got_k, torch.cat((kept[0], k), -2)) and torch.equal(got_v, torch.cat((kept[1], v), -2))
+        assert compat.cache_length(cache) == kept[0].shape[-2] + 2

@@ -185,7 +185,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def run_bench(args) -> list[dict[str, Any]]:
     from longctx import BeaconAdapter, BeaconConfig, BeaconModel, load_model
-    from longctx.models import parse_dtype, resolve
+    from longctx.models import cpu_line, parse_dtype, resolve
 
     if args.random_init:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -203,7 +203,7 @@ def run_bench(args) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
             "device": str(device), "dtype": str(model.dtype), "model": args.model, "attn": args.attn,
-            "random_init": bool(args.random_init)}
+            "random_init": bool(args.random_init), "cpu": cpu_line() if device.type == "cpu" else None}
     print(f"# bench: {meta}", flush=True)
 
     def emit(row):
@@ -214,11 +214,12 @@ def run_bench(args) -> list[dict[str, Any]]:
             Path(args.json).with_suffix(".md").write_text(
                 f"Environment: {json.dumps(meta)}\n\n" + markdown_table(rows) + "\n")
 
-    adapter = BeaconAdapter.from_model(model, BeaconConfig(window=args.window, ratios=[args.ratios[0]]))
+    proj = {"projections": list(args.projections)} if getattr(args, "projections", None) else {}
+    adapter = BeaconAdapter.from_model(model, BeaconConfig(window=args.window, ratios=[args.ratios[0]], **proj))
     # warm-up (kernel initialisation) so the first measured row is not penalised
     warm = bench_ids(tok, min(2 * args.window, 2048), vocab, device)
     bench_full(model, warm, 2)
-    adapter.config = BeaconConfig(window=args.window, ratios=[args.ratios[0]])
+    adapter.config = BeaconConfig(window=args.window, ratios=[args.ratios[0]], **proj)
     bm = BeaconModel(model, tok, adapter)
     bench_beacon(bm, warm, 2)
     bm.detach()
@@ -230,7 +231,7 @@ def run_bench(args) -> list[dict[str, Any]]:
             emit({"method": "full", "ratio": None, "window": args.window, "length": length, **r})
         for ratio in args.ratios:
             gc.collect()
-            adapter.config = BeaconConfig(window=args.window, ratios=[ratio])
+            adapter.config = BeaconConfig(window=args.window, ratios=[ratio], **proj)
             bm = BeaconModel(model, tok, adapter)
             try:
                 r = bench_beacon(bm, ids, args.decode_tokens)

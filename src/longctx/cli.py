@@ -450,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-full", action="store_true", help="skip full attention")
     p.add_argument("--max-full-length", type=int, default=None, help="skip full attention above this length")
     p.add_argument("--json", default=None, help="write the rows as JSON here (and a .md table beside it)")
+    p.add_argument("--projections", nargs="+", default=None, choices=["q", "k", "v", "o"],
+                   help="beacon projections of the copy-initialised adapter (default: the BeaconConfig default)")
     p.add_argument("--random-init", action="store_true",
                    help="use a randomly initialised model of the --model's shape (timing needs no weights)")
     _add_model_args(p)

@@ -44,6 +44,19 @@ def cpu_bf16_native() -> tuple[bool, str]:
     return False, "CPU lacks amx_bf16 and avx512_bf16 (bf16 would be emulated)"
 
 
+def cpu_line() -> str:
+    """This CPU in one line (model name, torch's capability, bf16 support, threads) for benchmark tables."""
+    import platform
+
+    try:
+        name = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return (f"{name}; torch capability {torch.backends.cpu.get_cpu_capability()}; {cpu_bf16_native()[1]}; "
+            f"{torch.get_num_threads()} threads")
+
+
 def default_dtype(device: str | torch.device = "cpu") -> torch.dtype:
     """bf16 on GPUs and on CPUs with native bf16 matrix units, else fp32 (:func:`cpu_bf16_native`)."""
     if torch.device(device).type != "cpu":
