@@ -137,11 +137,10 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
         return StepResult(loss, int((batch["labels"][:, 1:] != -100).sum()),
                           row={"positions_max": int(batch["position_ids"].max())})
 
-    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, engine.start + cfg.stop_after)
-    engine.run(step)
+    finished = engine.run(step)
     rank = engine.rank
     model.eval()
-    if end == cfg.steps:
+    if finished:
         if cfg.lora:
             if rank == 0:
                 model.save_pretrained(out / "lora")  # the LoRA weights alone (safetensors)
