@@ -36,10 +36,15 @@ def save_checkpoint(out_dir: Path, step: int, weights: dict[str, torch.Tensor], 
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
     meta = {"step": step, **extra, "optimizer_scalars": optimizer["scalars"], "param_groups": optimizer["param_groups"]}
     (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+    return publish(tmp, final, keep)
+
+
+def publish(tmp: Path, final: Path, keep: int = 2) -> Path:
+    """Rename a fully written checkpoint folder into place and drop all but the last ``keep``."""
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
+    for old in sorted(final.parent.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old)
     return final
 

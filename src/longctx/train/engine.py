@@ -48,6 +48,7 @@ from longctx.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     optimizer_state,
+    publish,
     save_checkpoint,
     truncate_log,
     whole,
@@ -258,11 +259,7 @@ class Engine:
         self.accelerator.save_state(str(tmp / "accelerate"))
         if self.rank == 0:
             (tmp / "state.json").write_text(json.dumps({"step": step, **self.loop.meta}))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in sorted(root.glob(f"{PREFIX}*"))[:-2]:
-                shutil.rmtree(old)
+            publish(tmp, final)
         dist.barrier()
         return final
 
