@@ -182,6 +182,32 @@ def test_lora_extension_trains_only_lora_and_merges_into_a_stock_model(tmp_path)
         assert torch.allclose(fresh(ids).logits, model(ids).logits, atol=1e-5)
 
 
+def test_zero_steps_saves_the_rope_scaled_model_and_a_time_limit_stops_a_run(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from longctx.data import moby_dick
+    from longctx.models import smollm2_dir
+    from longctx.train.extend import ExtendConfig, extend
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir())
+    (tmp_path / "doc.txt").write_text(moby_dick()[:3000])
+    model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=128)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = extend(ExtendConfig(data=[str(tmp_path / "doc.txt")], out=str(tmp_path / "rope"), target_length=512,
+                              steps=0, dtype="fp32"), model=model, tokenizer=tok)
+    fresh = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)
+    assert fresh.config.max_position_embeddings == 512 and fresh.config.rope_parameters["rope_type"] == "linear"
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # weights untouched
+    with pytest.raises(ValueError, match="steps must be 0"):
+        ExtendConfig(steps=-1)
+    with pytest.raises(ValueError, match="time_limit must be positive"):
+        ExtendConfig(time_limit=0)
+    out = extend(ExtendConfig(data=[str(tmp_path / "doc.txt")], out=str(tmp_path / "timed"), target_length=512,
+                              steps=50, lr=1e-3, warmup=1, dtype="fp32", time_limit=1e-6),
+                 model=tiny_model("llama", vocab_size=len(tok), max_position_embeddings=128), tokenizer=tok)
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1 and (out / "model").exists()
+
+
 def test_training_documents_are_cut_filtered_and_held_out(tmp_path):
     from transformers import AutoTokenizer
 

@@ -43,6 +43,8 @@ class ExtendConfig:
     dtype: str = opt("bf16", help="model dtype")
     save_every: int = opt(50, help="checkpoint every N steps")
     stop_after: int | None = opt(None, help="end this run after N steps (resume later)")
+    time_limit: float | None = opt(None, help="minutes: checkpoint, save the model and stop once exceeded")
+    save_minutes: float | None = opt(None, help="also checkpoint whenever this many minutes passed since the last one")
     sigma: float = opt(3.0, help="CREAM: spread of the truncated Gaussian middle sampling")
     holdout: list[str] = opt(factory=list, help="sources never trained on (substring match)")
     lora: int = opt(0, help="LoRA rank through peft; 0 = full fine-tuning")
@@ -52,9 +54,15 @@ class ExtendConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        for name in ("steps", "batch_size", "save_every", "target_length"):
+        if self.steps < 0:
+            raise ValueError(f"ExtendConfig: steps must be 0 (RoPE scaling only) or more, got {self.steps}")
+        for name in ("batch_size", "save_every", "target_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ExtendConfig: {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("time_limit", "save_minutes"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"ExtendConfig: {name} must be positive, got {v}")
         if self.method not in ("cream", "pose", "randpos", "full"):
             raise ValueError(f"ExtendConfig: method {self.method!r} is not one of cream, pose, randpos, full")
         if self.rope not in ("linear", "ntk", "yarn"):
@@ -98,7 +106,8 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
 
     out = Path(cfg.out)
     engine = Engine(Loop(out=out, steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, schedule="constant",
-                         save_every=cfg.save_every, stop_after=cfg.stop_after, bf16=cfg.dtype == "bf16",
+                         save_every=cfg.save_every, stop_after=cfg.stop_after, time_limit=cfg.time_limit,
+                         save_minutes=cfg.save_minutes, bf16=cfg.dtype == "bf16",
                          desc=f"extend ({cfg.method})", meta={"seed": cfg.seed, "method": cfg.method}))
     if engine.fsdp:
         raise ValueError("context extension trains with DDP (or DeepSpeed) across ranks, not FSDP: launch it "
@@ -126,7 +135,7 @@ def extend(cfg: ExtendConfig, model=None, tokenizer=None) -> Path:
               f"parameters ({f'LoRA r={cfg.lora}' if cfg.lora else 'full'}), {len(docs)} documents of >= {N} tokens; "
               f"{engine.strategy} over {engine.world} process(es)")
     engine.setup(model, trainable, run_file=out / "extend_config.json", settings=asdict(cfg),
-                 may_change={"steps", "stop_after", "save_every", "checkpointing"})
+                 may_change={"steps", "stop_after", "save_every", "checkpointing", "time_limit", "save_minutes"})
     device = compat.embed_tokens(model).weight.device
 
     def step(i: int, module) -> StepResult:
