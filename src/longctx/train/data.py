@@ -11,7 +11,7 @@ from typing import Any
 
 def read_records(paths: list[str]) -> Iterator[dict[str, Any]]:
     """Records ``{"text": ...}`` or ``{"messages": [...]}`` from files and folders (.txt, .jsonl),
-    the default texts (``moby-dick``, ``sotu``), or a ``datasets`` name (``hf:NAME[:split]``)."""
+    the default texts (``moby-dick``, ``sotu``, ``gutenberg``), or a ``datasets`` name (``hf:NAME[:split]``)."""
     for source in paths:
         if source == "moby-dick":
             from longctx.data import moby_dick
@@ -22,6 +22,11 @@ def read_records(paths: list[str]) -> Iterator[dict[str, Any]]:
 
             for d in sotu_addresses():
                 yield {"text": d["text"], "source": f"sotu/{d['id']}"}
+        elif source == "gutenberg":
+            from longctx.data import gutenberg_books
+
+            for d in gutenberg_books():
+                yield {"text": d["text"], "source": f"gutenberg/{d['id']}"}
         elif source.startswith("hf:"):
             from datasets import load_dataset  # optional, for real users with hub access
 
