@@ -3,8 +3,10 @@
     python benchmarks/gpu_unpack.py FILES_AT [DEST]      (DEST default runs/gpu)
 
 * ``DEST/beacon-adapter/``: the bf16 shards with their index and config (``BeaconAdapter.load`` reads it)
-* ``DEST/<method>-model/``: SmolLM2 with its RoPE scaled as the run's settings say and the method's
-  LoRA merged in: a stock transformers model, as ``longctx train`` for extension saves it
+* ``DEST/smollm2-<method>/model/``: SmolLM2 with its RoPE scaled as the run's settings say and the
+  method's LoRA merged in: a stock transformers model, as ``longctx train`` for extension saves it,
+  where ``benchmarks/cream_compare.py --runs DEST`` looks (add the RoPE-only baseline with
+  ``longctx train --recipe recipes/smollm2-135m-cream.yaml --steps 0 --out DEST/smollm2-rope``)
 * ``DEST/logs/``: the bundle (logs, settings, summary.json)
 """
 
@@ -37,7 +39,7 @@ def main(src: Path, dest: Path) -> None:
         with tarfile.open(lora_tar) as tf:
             tf.extractall(dest, filter="data")
         print(f"{method}:", merge(dest / f"{method}-lora", json.loads((logs / f"{method}-extend_config.json").read_text()),
-                                  dest / f"{method}-model"))
+                                  dest / f"smollm2-{method}" / "model"))
 
 
 def merge(lora: Path, settings: dict, out: Path) -> Path:
