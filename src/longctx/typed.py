@@ -57,6 +57,14 @@ def check_types(obj: Any, where: str | None = None) -> None:
             raise ValueError(f"{where or type(obj).__name__}: {f.name}={value!r} is not of type {hint}{tip}")
 
 
+def check_positive(obj: Any, names: Iterable[str]) -> None:
+    """Raise ValueError if one of the named fields of ``obj`` is set (not None) and not above 0."""
+    for name in names:
+        v = getattr(obj, name)
+        if v is not None and v <= 0:
+            raise ValueError(f"{type(obj).__name__}: {name} must be positive, got {v}")
+
+
 def opt(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None, help: str = "") -> Any:
     """A dataclass field with its help text (read by :func:`add_options` and the docs)."""
     if factory is not None:

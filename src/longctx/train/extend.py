@@ -21,7 +21,7 @@ from longctx.positions import PositionCollator, scale_rope
 from longctx.train.checkpoint import TrainableParams
 from longctx.train.data import read_records
 from longctx.train.engine import Engine, Loop, StepResult
-from longctx.typed import check_types, from_yaml, opt
+from longctx.typed import check_positive, check_types, from_yaml, opt
 
 
 @dataclass
@@ -59,10 +59,7 @@ class ExtendConfig:
         for name in ("batch_size", "save_every", "target_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ExtendConfig: {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("time_limit", "save_minutes"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ValueError(f"ExtendConfig: {name} must be positive, got {v}")
+        check_positive(self, ("time_limit", "save_minutes"))
         if self.method not in ("cream", "pose", "randpos", "full"):
             raise ValueError(f"ExtendConfig: method {self.method!r} is not one of cream, pose, randpos, full")
         if self.rope not in ("linear", "ntk", "yarn"):

@@ -28,7 +28,7 @@ from longctx.train.checkpoint import latest_checkpoint, load_weights
 from longctx.train.data import group_by_windows, make_sequences, read_records, retrieval_sequences
 from longctx.train.engine import Engine, Loop, StepResult
 from longctx.train.memory_tasks import copy_sequences, recall_sequences
-from longctx.typed import build, check_types, from_yaml, opt
+from longctx.typed import build, check_positive, check_types, from_yaml, opt
 
 FLAT_BEACON = ("window", "ratios", "ratio_mix", "projections", "sink", "embed_init")  # before the beacon section
 
@@ -85,10 +85,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name} must be at least 1, got {getattr(self, name)}")
         if self.max_length < self.min_length:
             raise ValueError(f"TrainConfig: max_length {self.max_length} is below min_length {self.min_length}")
-        for name in ("lr", "time_limit", "save_minutes"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ValueError(f"TrainConfig: {name} must be positive, got {v}")
+        check_positive(self, ("lr", "time_limit", "save_minutes"))
 
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> TrainConfig:
