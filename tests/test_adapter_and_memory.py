@@ -181,3 +181,20 @@ def test_cache_appends_in_place_hold_what_concatenation_would():
         got_k, got_v = cache.update(k, v, 0)
         assert torch.equal(got_k, torch.cat((kept[0], k), -2)) and torch.equal(got_v, torch.cat((kept[1], v), -2))
         assert compat.cache_length(cache) == kept[0].shape[-2] + 2
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2)])
+def test_prefix_causal_attention_equals_a_masked_softmax(heads, kv_heads):
+    """The two-call flash path (grouped heads unrepeated, log-sum-exp merge) = one masked softmax."""
+    from longctx import compat
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, heads, 7, 16, generator=g)
+    k, v = torch.randn(2, 1, kv_heads, 12, 16, generator=g)
+    with torch.no_grad():
+        out = compat._prefix_causal(q, k, v, 0.25)
+    kr, vr = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
+    scores = (q @ kr.transpose(-1, -2)) * 0.25
+    allowed = torch.ones(7, 12, dtype=torch.bool).tril(12 - 7)
+    ref = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ vr
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

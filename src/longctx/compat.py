@@ -341,16 +341,14 @@ def _prefix_causal(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     groups = query.shape[1] // key.shape[1]
     flash = _flash_with_lse(query)
     if flash is not None and not torch.is_grad_enabled():
-        if groups > 1:
+        if groups > 1 and query.device.type != "cpu":  # the CPU kernel maps grouped heads itself
             key = key.repeat_interleave(groups, dim=1)
             value = value.repeat_interleave(groups, dim=1)
         p = kv_len - q_len
         o1, l1 = flash(query, key[:, :, :p], value[:, :, :p], 0.0, False, scale=scale)[:2]
         o2, l2 = flash(query, key[:, :, p:], value[:, :, p:], 0.0, True, scale=scale)[:2]
-        m = torch.maximum(l1, l2)
-        w1, w2 = (l1 - m).exp(), (l2 - m).exp()
-        total = w1 + w2
-        return o1 * (w1 / total).unsqueeze(-1).to(o1.dtype) + o2 * (w2 / total).unsqueeze(-1).to(o2.dtype)
+        # softmax-weighted merge: o1 * e^l1 / (e^l1 + e^l2) + o2 * e^l2 / (...) = lerp(o1, o2, sigmoid(l2 - l1))
+        return torch.lerp(o1, o2, torch.sigmoid(l2 - l1).unsqueeze(-1).to(o1.dtype))
     if query.device.type == "cuda":
         # lower-right causal bias: the memory-efficient kernel applies it without a dense mask
         from torch.nn.attention.bias import causal_lower_right
