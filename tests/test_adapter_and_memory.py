@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from longctx import AdapterError, BeaconAdapter, BeaconConfig, BeaconModel
+from longctx import AdapterError, BeaconAdapter, BeaconConfig, BeaconModel, compat
 from longctx.beacon.adapter import CONFIG_FILE, WEIGHTS_FILE, RoutedLinear
 from longctx.beacon.memory import MemoryFileError
 
@@ -198,3 +198,12 @@ def test_prefix_causal_attention_equals_a_masked_softmax(heads, kv_heads):
     allowed = torch.ones(7, 12, dtype=torch.bool).tril(12 - 7)
     ref = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ vr
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_rotate_by_one_shift_equals_per_key_positions_and_composes():
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 16, 2).float() / 16))
+    keys = torch.randn(2, 3, 7, 20)  # head_dim 20, rotary 16: the last 4 pass through
+    same = compat.rope_rotate(keys, torch.full((2, 7), -5), inv_freq)
+    assert torch.allclose(compat.rope_rotate(keys, -5, inv_freq), same, atol=1e-6)
+    back = compat.rope_rotate(compat.rope_rotate(keys, 9, inv_freq), -9, inv_freq)
+    assert torch.allclose(back, keys, atol=1e-5) and not torch.allclose(same, keys, atol=1e-2)

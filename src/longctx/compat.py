@@ -305,15 +305,20 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-b, a), dim=-1)
 
 
-def rope_rotate(keys: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate keys ``[B, H, S, D]`` by ``positions`` ``[B, S]`` (any integers, may be negative).
+def rope_rotate(keys: torch.Tensor, positions: torch.Tensor | int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate keys ``[B, H, S, D]`` by ``positions`` ``[B, S]`` (any integers, may be negative), or
+    all of them by one integer ``positions`` (one cos/sin row instead of one per key).
 
     Uses the half-split RoPE layout of Llama/Mistral/Qwen; RoPE rotations compose, so a key
     rotated at position p and then by d equals the key rotated at p + d. Computed in fp32.
     """
     rot_dim = inv_freq.numel() * 2
-    freqs = positions.to(inv_freq.device).float().unsqueeze(-1) * inv_freq  # [B, S, rot/2]
-    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [B, 1, S, rot]
+    if isinstance(positions, int):
+        freqs = inv_freq.float() * positions  # [rot/2], broadcast over every key
+        emb = torch.cat((freqs, freqs), dim=-1)
+    else:
+        freqs = positions.to(inv_freq.device).float().unsqueeze(-1) * inv_freq  # [B, S, rot/2]
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [B, 1, S, rot]
     k = keys.float()
     k_rot, k_pass = k[..., :rot_dim], k[..., rot_dim:]
     k_rot = k_rot * emb.cos() + _rotate_half(k_rot) * emb.sin()

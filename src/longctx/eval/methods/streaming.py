@@ -36,8 +36,7 @@ class Streaming(BudgetMethod):
             return
         for i, (k, v) in enumerate(compat.cache_kv(self.cache)):
             s = self.sink
-            recent_k = compat.rope_rotate(k[:, :, s + extra :], torch.full((k.shape[0], k.shape[2] - s - extra), -extra,
-                                                                            dtype=torch.long), self.inv_freq.to(k.device))
+            recent_k = compat.rope_rotate(k[:, :, s + extra :], -extra, self.inv_freq.to(k.device))
             compat.set_cache_kv(self.cache, i, torch.cat((k[:, :, :s], recent_k), 2),
                                 torch.cat((v[:, :, :s], v[:, :, s + extra :]), 2))
         self.held = self.budget
