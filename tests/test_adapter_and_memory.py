@@ -159,8 +159,6 @@ def test_cache_appends_in_place_hold_what_concatenation_would():
     """Without gradients the cache writes appends into a buffer with spare room: the same
     keys/values as torch.cat, no copy of the prefix per append, and a fresh buffer once
     compaction replaced the tensors."""
-    from longctx import compat
-
     g = torch.Generator().manual_seed(0)
     cache, ref = compat.new_cache(), []
     with torch.no_grad():
@@ -186,8 +184,6 @@ def test_cache_appends_in_place_hold_what_concatenation_would():
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2)])
 def test_prefix_causal_attention_equals_a_masked_softmax(heads, kv_heads):
     """The two-call flash path (grouped heads unrepeated, log-sum-exp merge) = one masked softmax."""
-    from longctx import compat
-
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, heads, 7, 16, generator=g)
     k, v = torch.randn(2, 1, kv_heads, 12, 16, generator=g)

@@ -315,10 +315,9 @@ def rope_rotate(keys: torch.Tensor, positions: torch.Tensor | int, inv_freq: tor
     rot_dim = inv_freq.numel() * 2
     if isinstance(positions, int):
         freqs = inv_freq.float() * positions  # [rot/2], broadcast over every key
-        emb = torch.cat((freqs, freqs), dim=-1)
     else:
-        freqs = positions.to(inv_freq.device).float().unsqueeze(-1) * inv_freq  # [B, S, rot/2]
-        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [B, 1, S, rot]
+        freqs = (positions.to(inv_freq.device).float().unsqueeze(-1) * inv_freq).unsqueeze(1)  # [B, 1, S, rot/2]
+    emb = torch.cat((freqs, freqs), dim=-1)
     k = keys.float()
     k_rot, k_pass = k[..., :rot_dim], k[..., rot_dim:]
     k_rot = k_rot * emb.cos() + _rotate_half(k_rot) * emb.sin()
