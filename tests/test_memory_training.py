@@ -83,6 +83,26 @@ def test_recall_sequences_put_the_facts_in_the_memory_and_ask_for_them(tok):
     assert in_memory >= 6  # most facts lie before the open window
 
 
+def test_recall_loss_on_values_labels_only_the_values(tok):
+    from longctx.data import moby_dick
+
+    texts = [moby_dick()[:80_000]]
+    whole = recall_sequences(tok, 6, 600, 900, seed=2, texts=texts, open_window=128)
+    vals = recall_sequences(tok, 6, 600, 900, seed=2, texts=texts, open_window=128, loss_on="values")
+    for w, v in zip(whole, vals):
+        assert w["input_ids"] == v["input_ids"]
+        kept = [t for t in v["labels"] if t != -100]
+        assert 0 < len(kept) < sum(t != -100 for t in w["labels"])
+        answer = tok.decode(w["input_ids"][len(w["input_ids"]) - sum(t != -100 for t in w["labels"]):])
+        values = [p.rsplit(" is ", 1)[1].rstrip(".") for p in answer.replace("<|im_end|>", "").strip().split(". ")
+                  if " is " in p]
+        labelled = tok.decode(kept).replace(" ", "")
+        assert all(x.replace(" ", "") in labelled for x in values)  # every value is supervised ...
+        assert " is " not in tok.decode(kept) and "The " not in tok.decode(kept)  # ... the template is not
+    with pytest.raises(ValueError, match="loss_on"):
+        recall_sequences(tok, 1, 600, 900, seed=2, texts=texts, loss_on="all")
+
+
 def test_copy_sequences_repeat_a_span_of_the_text(tok):
     from longctx.data import moby_dick
 

@@ -120,8 +120,13 @@ def _filler(tok: Any, r: random.Random, texts: list[str], n_tokens: int) -> tupl
 
 
 def recall_sequences(tok: Any, n: int, min_length: int, max_length: int, seed: int, texts: list[str],
-                     max_facts: int = 6, open_window: int = 0, kinds: list[str] | None = None) -> list[dict]:
+                     max_facts: int = 6, open_window: int = 0, kinds: list[str] | None = None,
+                     loss_on: str = "answer") -> list[dict]:
     """Several facts hidden in filler, all asked for at the end (loss on the answers only).
+
+    ``loss_on="values"`` puts the loss on the value tokens alone: the answer's template words
+    ("The access code of the red tower is") can be copied from the question in the open window,
+    so on the whole answer most of the gradient goes to text that does not need the memory.
 
     With ``open_window`` > 0 the facts are placed before the last ``open_window`` tokens of the
     context most of the time (so only the memory holds them), sometimes anywhere. ``kinds``
@@ -135,6 +140,8 @@ def recall_sequences(tok: Any, n: int, min_length: int, max_length: int, seed: i
             raise ValueError(f"recall kinds {unknown or kinds} are not a non-empty subset of {VALUE_KINDS}")
     if max_facts < 1:
         raise ValueError(f"recall max_facts must be at least 1, got {max_facts}")
+    if loss_on not in RECALL_LOSS:
+        raise ValueError(f"recall loss_on must be one of {RECALL_LOSS}, got {loss_on!r}")
     out = []
     for i in range(n):
         r = random.Random(f"{seed}/recall/{i}")
@@ -144,8 +151,7 @@ def recall_sequences(tok: Any, n: int, min_length: int, max_length: int, seed: i
         r.shuffle(order)
         q_tpl = r.choice(QUESTIONS)
         question = " ".join([r.choice(INSTRUCTIONS)] + [q_tpl.format(**facts[k]) for k in order]).strip()
-        answer_text = " ".join(f"The {facts[k]['attr']} of the {facts[k]['subj']} is {facts[k]['val']}." for k in order)
-        answer = tok(answer_text, add_special_tokens=False).input_ids
+        answer, answer_labels = _answer(tok, [facts[k] for k in order], loss_on)
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
         length = r.randint(min_length, max_length)
         n_ctx = length - overhead(tok, question) - sum(map(len, stmts)) - len(answer) - len(eos)
@@ -156,9 +162,31 @@ def recall_sequences(tok: Any, n: int, min_length: int, max_length: int, seed: i
             hi = (n_ctx - open_window) / n_ctx
         ctx, _ = insert_at_depths(filler, bounds, [(r.uniform(0.0, hi), s) for s in stmts])
         ids, _ = chat_prompt(tok, ctx, question)
-        out.append({"input_ids": ids + answer + eos, "labels": [-100] * len(ids) + answer + eos,
+        eos_labels = eos if loss_on == "answer" else [-100] * len(eos)
+        out.append({"input_ids": ids + answer + eos, "labels": [-100] * len(ids) + answer_labels + eos_labels,
                     "source": "recall", "kind": "recall"})
     return out
+
+
+RECALL_LOSS = ("answer", "values")
+
+
+def _answer(tok: Any, facts: list[dict[str, str]], loss_on: str) -> tuple[list[int], list[int]]:
+    """Answer ids for ``facts`` and their labels: all of them, or only the tokens that overlap
+    a value's characters (character offsets of one tokenisation of the whole answer)."""
+    parts, spans, pos = [], [], 0
+    for f in facts:
+        head = f"The {f['attr']} of the {f['subj']} is "
+        start = pos + len(head) + (1 if parts else 0)
+        parts.append(head + f["val"] + ".")
+        spans.append((start, start + len(f["val"])))
+        pos = start + len(f["val"]) + 1
+    enc = tok(" ".join(parts), add_special_tokens=False, return_offsets_mapping=loss_on == "values")
+    ids = list(enc.input_ids)
+    if loss_on == "answer":
+        return ids, ids
+    labels = [t if any(a < e and b > s for s, e in spans) else -100 for t, (a, b) in zip(ids, enc.offset_mapping)]
+    return ids, labels
 
 
 def copy_sequences(tok: Any, n: int, min_length: int, max_length: int, seed: int, texts: list[str],

@@ -66,6 +66,7 @@ class TrainConfig:
     recall: int = opt(0, help="multi-fact recall sequences (train/memory_tasks.py)")
     recall_kinds: list[str] | None = opt(None, help="value kinds of the recall facts (default: all)")
     recall_facts: int = opt(6, help="at most this many facts per recall sequence")
+    recall_loss: str = opt("answer", help="recall loss on the whole 'answer' or on its 'values' alone")
     text_sequences: int | None = opt(None, help="at most this many prose sequences (seeded sample; default: all)")
     copy: int = opt(0, help="span-copy sequences (train/memory_tasks.py)")
     distill: float = opt(0.0, help="on text: weight of KL from the frozen model's full-attention predictions "
@@ -202,7 +203,8 @@ def _training_sequences(cfg: TrainConfig, tokenizer, window: int) -> list[dict]:
         seqs += retrieval_sequences(tokenizer, cfg.retrieval, cfg.min_length, cfg.max_length, cfg.seed, texts)
     if cfg.recall:
         seqs += recall_sequences(tokenizer, cfg.recall, cfg.min_length, cfg.max_length, cfg.seed, texts,
-                                 max_facts=cfg.recall_facts, open_window=window, kinds=cfg.recall_kinds)
+                                 max_facts=cfg.recall_facts, open_window=window, kinds=cfg.recall_kinds,
+                                 loss_on=cfg.recall_loss)
     if cfg.copy:
         seqs += copy_sequences(tokenizer, cfg.copy, cfg.min_length, cfg.max_length, cfg.seed, texts,
                                open_window=window)
