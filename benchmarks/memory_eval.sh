@@ -6,13 +6,23 @@
 #            sink+recent at the beacon's KV budget, and full attention
 #   harm   : perplexity at 16K against truncation and sink+recent at the same KV budget
 # ADAPTER=dir (default: the shipped adapter), NAME=label, PARTS="ppl key key4k key8 harm"; resumable.
+# BASELINES=NAME seeds each folder with that earlier run's rows of the methods that do not use the
+# adapter (full, truncate, streaming: same items, same settings), so only the beacon rows are run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LONGCTX_CACHE="${LONGCTX_CACHE:-$PWD/.cache}" HF_HUB_OFFLINE=1
 A="${ADAPTER:-adapters/smollm2-135m-beacon}"; N="${NAME:-shipped}"; O="docs/results/memory/$N"
 E=".venv/bin/longctx eval --adapter $A --window 512"
 SAMPLES="${SAMPLES:-20}"
+seed() {  # seed FOLDER: the adapter-free rows of docs/results/memory/$BASELINES/FOLDER
+  [ -n "${BASELINES:-}" ] && [ -f "docs/results/memory/$BASELINES/$1/results.jsonl" ] || return 0
+  [ -f "$O/$1/results.jsonl" ] && return 0
+  mkdir -p "$O/$1"
+  grep -v '"method": "beacon' "docs/results/memory/$BASELINES/$1/results.jsonl" > "$O/$1/results.jsonl" || true
+}
+folder() { case $1 in ppl) echo ppl;; key|key4k) echo passkey-r4;; key8) echo passkey-r8;; harm) echo ppl-16k;; esac; }
 for part in ${PARTS:-ppl key key4k key8 harm}; do
+  seed "$(folder "$part")"
   case $part in
     ppl)  $E ppl --text sotu-heldout --documents 6 --lengths 4k,8k --methods full,beacon:8,beacon-nomem:8 \
             --out "$O/ppl" > /dev/null ;;
