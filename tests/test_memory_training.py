@@ -209,3 +209,23 @@ def test_default_training_texts_leave_out_the_held_out_and_reserved_books():
     held = [s for s in sources if s.startswith("sotu/") and int(s[5:9]) >= HELDOUT_FROM_YEAR]
     assert held  # read_records yields them; the recipes' holdout ["sotu/199", "sotu/20"] drops exactly these
     assert all(("sotu/199" in s or "sotu/20" in s) for s in held)
+
+
+def test_stream_loss_mixes_distillation_and_next_token_loss(tok):
+    from longctx.train.trainer import BeaconStream, teacher_logits
+
+    model = tiny_model(seed=3)
+    bm = BeaconModel(model, None, config=BeaconConfig(window=16, ratios=[4], ratio_mix="fixed"))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (1, 48), generator=g)
+    mask, labels = torch.ones_like(ids), ids.clone()
+    labels[:, :8] = -100
+    stream = BeaconStream(bm)
+    with torch.no_grad():
+        kl, ce = (stream(ids, mask, labels, sequence=0, distill=d)[0] for d in (1.0, 0.0))
+        half = stream(ids, mask, labels, sequence=0, distill=0.5)[0]
+        bm.reset(sequence=0)
+        ref = distill_loss(bm(ids, attention_mask=mask, logits="all").logits, teacher_logits(model, ids, mask), labels)
+    assert kl.item() == pytest.approx(ref.item(), rel=1e-5) and kl.item() > 0
+    assert half.item() == pytest.approx(0.5 * kl.item() + 0.5 * ce.item(), rel=1e-5)
+    bm.detach()

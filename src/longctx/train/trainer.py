@@ -126,10 +126,14 @@ class BeaconStream(nn.Module):
         bm = self.bm
         bm.reset(sequence=sequence)
         teacher = teacher_logits(bm.model, ids, mask) if distill else None
-        out = bm(ids, attention_mask=mask, labels=labels, logits="all" if distill else "none")
-        loss = out.loss
-        if distill:
-            loss = distill * distill_loss(out.logits, teacher, labels) + (1 - distill) * loss
+        pure = distill >= 1.0  # KL only: no next-token loss (and no LM-head pass for it) to weigh by 0
+        out = bm(ids, attention_mask=mask, labels=None if pure else labels, logits="all" if distill else "none")
+        if pure:
+            loss = distill_loss(out.logits, teacher, labels)
+        elif distill:
+            loss = distill * distill_loss(out.logits, teacher, labels) + (1 - distill) * out.loss
+        else:
+            loss = out.loss
         return loss, [s.windows_done for s in bm.memory.samples]
 
 
