@@ -20,20 +20,21 @@ seed() {  # seed FOLDER: the adapter-free rows of docs/results/memory/$BASELINES
   mkdir -p "$O/$1"
   grep -v '"method": "beacon' "docs/results/memory/$BASELINES/$1/results.jsonl" > "$O/$1/results.jsonl" || true
 }
-folder() { case $1 in ppl) echo ppl;; key|key4k) echo passkey-r4;; key8) echo passkey-r8;; harm) echo ppl-16k;; esac; }
+run() {  # run FOLDER TASK ARGS...: seed the folder, then evaluate into it
+  local f=$1; shift
+  seed "$f"
+  $E "$@" --out "$O/$f" > /dev/null
+}
 for part in ${PARTS:-ppl key key4k key8 harm}; do
-  seed "$(folder "$part")"
   case $part in
-    ppl)  $E ppl --text sotu-heldout --documents 6 --lengths 4k,8k --methods full,beacon:8,beacon-nomem:8 \
-            --out "$O/ppl" > /dev/null ;;
-    key)  $E passkey --in-memory --samples "$SAMPLES" --lengths 2000,2048 --ratio 4 \
-            --methods full,truncate,streaming,beacon:4,beacon-nomem:4 --out "$O/passkey-r4" > /dev/null ;;
-    key4k) $E passkey --in-memory --samples "$SAMPLES" --lengths 4096 --ratio 4 \
-            --methods full,truncate,streaming,beacon:4 --out "$O/passkey-r4" > /dev/null ;;
-    key8) $E passkey --in-memory --samples "$SAMPLES" --lengths 8192 --ratio 8 \
-            --methods full,truncate,streaming,beacon:8 --out "$O/passkey-r8" > /dev/null ;;
-    harm) $E ppl --text sotu-heldout --documents 6 --lengths 16k --methods truncate,streaming,beacon:8 \
-            --out "$O/ppl-16k" > /dev/null ;;
+    ppl)  run ppl ppl --text sotu-heldout --documents 6 --lengths 4k,8k --methods full,beacon:8,beacon-nomem:8 ;;
+    key)  run passkey-r4 passkey --in-memory --samples "$SAMPLES" --lengths 2000,2048 --ratio 4 \
+            --methods full,truncate,streaming,beacon:4,beacon-nomem:4 ;;
+    key4k) run passkey-r4 passkey --in-memory --samples "$SAMPLES" --lengths 4096 --ratio 4 \
+            --methods full,truncate,streaming,beacon:4 ;;
+    key8) run passkey-r8 passkey --in-memory --samples "$SAMPLES" --lengths 8192 --ratio 8 \
+            --methods full,truncate,streaming,beacon:8 ;;
+    harm) run ppl-16k ppl --text sotu-heldout --documents 6 --lengths 16k --methods truncate,streaming,beacon:8 ;;
   esac
   echo "done $N $part $(date)"
 done

@@ -174,14 +174,12 @@ RECALL_LOSS = ("answer", "values")
 def _answer(tok: Any, facts: list[dict[str, str]], loss_on: str) -> tuple[list[int], list[int]]:
     """Answer ids for ``facts`` and their labels: all of them, or only the tokens that overlap
     a value's characters (character offsets of one tokenisation of the whole answer)."""
-    parts, spans, pos = [], [], 0
+    text, spans = "", []
     for f in facts:
-        head = f"The {f['attr']} of the {f['subj']} is "
-        start = pos + len(head) + (1 if parts else 0)
-        parts.append(head + f["val"] + ".")
-        spans.append((start, start + len(f["val"])))
-        pos = start + len(f["val"]) + 1
-    enc = tok(" ".join(parts), add_special_tokens=False, return_offsets_mapping=loss_on == "values")
+        text += ("" if not text else " ") + f"The {f['attr']} of the {f['subj']} is "
+        spans.append((len(text), len(text) + len(f["val"])))
+        text += f["val"] + "."
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=loss_on == "values")
     ids = list(enc.input_ids)
     if loss_on == "answer":
         return ids, ids
