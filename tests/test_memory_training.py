@@ -130,6 +130,12 @@ def test_distill_loss_is_the_mean_kl_over_labelled_positions():
     ref = torch.nn.functional.kl_div(s[:, :-1][valid].log_softmax(-1), t[:, :-1][valid].log_softmax(-1),
                                      log_target=True, reduction="sum") / valid.sum()
     assert distill_loss(s, t, labels, chunk=2).item() == pytest.approx(ref.item(), rel=1e-5)
+    # the chunks are recomputed in backward; the gradient is still (softmax(s) - softmax(t)) / n on labelled rows
+    s.requires_grad_(True)
+    distill_loss(s, t, labels, chunk=2).backward()
+    want = torch.zeros_like(s)
+    want[:, :-1][valid] = (s[:, :-1][valid].softmax(-1) - t[:, :-1][valid].softmax(-1)).detach() / valid.sum()
+    torch.testing.assert_close(s.grad, want, rtol=1e-5, atol=1e-7)
 
 
 def test_training_with_memory_objectives(tok, corpus, tmp_path):

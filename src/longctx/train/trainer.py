@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from longctx import compat
 from longctx.beacon import BeaconAdapter, BeaconConfig, BeaconModel
@@ -258,11 +259,15 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Ten
     valid = labels[:, 1:] != -100
     s, t = student[:, :-1][valid], teacher[:, :-1][valid]
     total = student.new_zeros((), dtype=torch.float32)
-    for i in range(0, s.shape[0], chunk):
-        ls = torch.log_softmax(s[i : i + chunk].float(), -1)
-        lt = torch.log_softmax(t[i : i + chunk].float(), -1)
-        total = total + (lt.exp() * (lt - ls)).sum()
+    for i in range(0, s.shape[0], chunk):  # recomputed in backward: no fp32 [rows, vocab] copies kept per chunk
+        total = total + checkpoint(_kl_sum, s[i : i + chunk], t[i : i + chunk], use_reentrant=False)
     return total / max(int(valid.sum()), 1)
+
+
+def _kl_sum(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    ls = torch.log_softmax(student.float(), -1)
+    lt = torch.log_softmax(teacher.float(), -1)
+    return (lt.exp() * (lt - ls)).sum()
 
 
 def _drawn_ratios(bm: BeaconModel, length: int) -> list[int]:
