@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/memory_curve.py docs/results/memory/curve.json --out docs/results/memory/curve.png
 
 ``curve.json``: a list of {name, tokens, rf_4k, rf_8k, digits_2000, digits_2048, exact_2000,
-exact_2048, digits_8192, exact_8192} (any measure may be missing), filled from each adapter's report and
+exact_2048, digits_8192, exact_8192, digits_16384, exact_16384} (any measure may be missing), filled from each adapter's report and
 ``benchmarks/passkey_digits.py``. Left: recovered fraction (target 0.5); right: mean leading digits
 of the 5-digit key recalled from the memory (5 = exact; target 80% exact).
 """
@@ -29,7 +29,7 @@ def main() -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     panels = [(axes[0], [("rf_4k", "4K"), ("rf_8k", "8K")], "recovered fraction", 0.5),
               (axes[1], [("digits_2000", "2,000 tokens, r4"), ("digits_2048", "2,048 tokens, r4"),
-                         ("digits_8192", "8,192 tokens, r8")],
+                         ("digits_8192", "8,192 tokens, r8"), ("digits_16384", "16,384 tokens, r8")],
                "passkey from memory: leading digits of 5", 5.0)]
     for ax, series, title, target in panels:
         for key, label in series:
